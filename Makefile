@@ -1,0 +1,31 @@
+# `make demo` and `make test` set up .venv (Python 3.11, pinned packages) on first use, then run.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Fake 8 CPU devices so that every sharding path runs without accelerators (tests set it themselves too).
+export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
+
+.PHONY: demo test install clean
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Re-installs only when the pins change. torch goes first, pinned, so that nothing
+# later can pull a CUDA build of it.
+$(STAMP): $(BIN)/python setup.cfg requirements.lock
+	$(BIN)/python -m pip install -q --upgrade pip==25.3
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c requirements.lock -e '.[torch,test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/mmar-jax info --config=configs/demo.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,22 @@
+"""MMAR-7B: the Qwen2-7B backbone of the paper."""
+
+from mmar_jax import configs
+
+
+def get_config():
+  config = configs.base_config()
+  config.name = "mmar_7b"
+  config.model.vocab_size = 152064
+  config.model.hidden_size = 3584
+  config.model.intermediate_size = 18944
+  config.model.num_layers = 28
+  config.model.num_heads = 28
+  config.model.num_kv_heads = 4
+  config.model.rope_theta = 1_000_000.0
+  config.model.rms_norm_eps = 1e-6
+  config.model.tie_word_embeddings = False
+  config.model.max_seq_len = 32768
+  config.model.remat_policy = "dots_with_no_batch_dims"  # 7B activations do not fit without remat.
+  config.mesh.data = 1
+  config.mesh.fsdp = -1  # ZeRO-3 over every device by default.
+  return config

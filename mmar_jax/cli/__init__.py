@@ -1,0 +1,1 @@
+"""The `mmar-jax` command and its subcommands."""

@@ -1,0 +1,1 @@
+"""Checkpoint conversion at the framework boundaries (Hugging Face, LDM/MAR VAE, PyTorch)."""

@@ -1,0 +1,1 @@
+"""Grain input pipelines: sources, transforms, batches."""

@@ -1,0 +1,1 @@
+"""Noise schedules, diffusion losses and samplers."""

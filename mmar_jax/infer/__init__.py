@@ -1,0 +1,1 @@
+"""Inference loops: text decoding with a KV cache, image generation."""

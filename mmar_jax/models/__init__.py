@@ -1,0 +1,1 @@
+"""Flax modules: the Qwen2 backbone, the diffusion head, image tokenizers, the unified model."""

@@ -1,0 +1,1 @@
+"""Mesh and sharding, train state, the jitted step and the loop."""
