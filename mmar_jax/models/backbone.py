@@ -1,0 +1,309 @@
+"""Qwen2-style decoder: RMSNorm, RoPE, grouped-query attention with q/k/v bias, SwiGLU MLP.
+
+Parameter names mirror Hugging Face's Qwen2 (`embed_tokens`, `layers.self_attn.q_proj`, ...) so
+that `convert/hf_qwen2.py` is a table of transposes. Every parameter carries logical axis names
+and the main activations carry logical constraints; `train/sharding.py` maps them to the mesh.
+
+The KV cache is an explicit pytree (`KVCache`) passed in and returned, not a mutable flax
+collection: the caller decides its length, and the decode step stays a pure function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+from mmar_jax import configs
+from mmar_jax.models import masks
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneConfig:
+  """The backbone's narrow view of `config.model`."""
+
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  rope_theta: float
+  rms_norm_eps: float
+  tie_word_embeddings: bool
+  max_seq_len: int
+  init_std: float = 0.02
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  scan_layers: bool = True
+  remat_policy: str = "none"
+  attention_impl: str = "auto"
+
+  @classmethod
+  def from_config(cls, model_config) -> BackboneConfig:
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: model_config[k] for k in names if k in model_config}
+    values["head_dim"] = configs.head_dim(model_config)
+    return cls(**values)
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @property
+  def weight_dtype(self):
+    return jnp.dtype(self.param_dtype)
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of every layer for `s` slots, which slots hold real tokens, and the fill."""
+
+  key: Float[Array, "layers b s k h"]
+  value: Float[Array, "layers b s k h"]
+  valid: Bool[Array, "b s"]
+  index: Int[Array, ""]
+
+  @classmethod
+  def zeros(cls, cfg: BackboneConfig, batch: int, length: int) -> KVCache:
+    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+    return cls(key=jnp.zeros(shape, cfg.compute_dtype), value=jnp.zeros(shape, cfg.compute_dtype),
+               valid=jnp.zeros((batch, length), bool), index=jnp.zeros((), jnp.int32))
+
+
+@flax.struct.dataclass
+class BackboneOutput:
+  logits: Float[Array, "b l v"] | None
+  hidden: Float[Array, "b l d"]  # After the final norm: what the LM head and the diffusion head read.
+  kv_cache: KVCache | None
+
+
+def _normal(cfg: BackboneConfig, axes: tuple[str, ...]):
+  return nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), axes)
+
+
+class RMSNorm(nn.Module):
+  cfg: BackboneConfig
+
+  @nn.compact
+  def __call__(self, x: Float[Array, "... d"]) -> Float[Array, "... d"]:
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                       (x.shape[-1],), self.cfg.weight_dtype)
+    # Statistics in float32: a bfloat16 mean of squares loses small activations.
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.cfg.rms_norm_eps)
+    return normed.astype(self.cfg.compute_dtype) * scale.astype(self.cfg.compute_dtype)
+
+
+def rotary_embedding(x: Float[Array, "b l n h"], positions: Int[Array, "b l"], theta: float):
+  """Rotates channel pairs (i, i + h/2) by position * theta^(-2i/h), as Qwen2/Llama do."""
+  half = x.shape[-1] // 2
+  # float32: positions up to 32k times frequencies need more than bfloat16's 8 mantissa bits.
+  inv_freq = 1.0 / theta ** (jnp.arange(half, dtype=jnp.float32) * 2 / x.shape[-1])
+  angles = positions.astype(jnp.float32)[:, :, None, None] * inv_freq
+  cos, sin = jnp.cos(angles), jnp.sin(angles)
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+class HeadProjection(nn.Module):
+  """[b, l, d] -> [b, l, n, h]: a kernel [d, n, h] so heads shard on their own logical axis."""
+
+  cfg: BackboneConfig
+  num_heads: int
+  heads_axis: str
+
+  @nn.compact
+  def __call__(self, x: Float[Array, "b l d"]) -> Float[Array, "b l n h"]:
+    cfg = self.cfg
+    kernel = self.param("kernel", _normal(cfg, ("embed", self.heads_axis, "head_dim")),
+                        (x.shape[-1], self.num_heads, cfg.head_dim), cfg.weight_dtype)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.heads_axis, "head_dim")),
+                      (self.num_heads, cfg.head_dim), cfg.weight_dtype)
+    y = jnp.einsum("bld,dnh->blnh", x.astype(cfg.compute_dtype), kernel.astype(cfg.compute_dtype))
+    return y + bias.astype(cfg.compute_dtype)
+
+
+class OutputProjection(nn.Module):
+  """[b, l, n, h] -> [b, l, d], no bias (Qwen2's o_proj)."""
+
+  cfg: BackboneConfig
+
+  @nn.compact
+  def __call__(self, x: Float[Array, "b l n h"]) -> Float[Array, "b l d"]:
+    cfg = self.cfg
+    kernel = self.param("kernel", _normal(cfg, ("heads", "head_dim", "embed")),
+                        (cfg.num_heads, cfg.head_dim, cfg.hidden_size), cfg.weight_dtype)
+    return jnp.einsum("blnh,nhd->bld", x, kernel.astype(cfg.compute_dtype))
+
+
+class Attention(nn.Module):
+  cfg: BackboneConfig
+
+  @nn.compact
+  def __call__(self, x, positions, mask, layer_cache, cache_index):
+    cfg = self.cfg
+    q = HeadProjection(cfg, cfg.num_heads, "heads", name="q_proj")(x)
+    k = HeadProjection(cfg, cfg.num_kv_heads, "kv_heads", name="k_proj")(x)
+    v = HeadProjection(cfg, cfg.num_kv_heads, "kv_heads", name="v_proj")(x)
+    q = nn.with_logical_constraint(rotary_embedding(q, positions, cfg.rope_theta),
+                                   ("batch", "length", "heads", "head_dim"))
+    k = nn.with_logical_constraint(rotary_embedding(k, positions, cfg.rope_theta),
+                                   ("batch", "length", "kv_heads", "head_dim"))
+    v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "head_dim"))
+    if layer_cache is not None:
+      cached_k, cached_v = layer_cache
+      k = jax.lax.dynamic_update_slice(cached_k, k.astype(cached_k.dtype), (0, cache_index, 0, 0))
+      v = jax.lax.dynamic_update_slice(cached_v, v.astype(cached_v.dtype), (0, cache_index, 0, 0))
+      layer_cache = (k, v)
+    # GQA is native here: query heads n attend to key heads k = n / group.
+    out = jax.nn.dot_product_attention(
+        q, k.astype(q.dtype), v.astype(q.dtype), mask=mask[:, None],
+        implementation=None if cfg.attention_impl == "auto" else cfg.attention_impl)
+    out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
+    return OutputProjection(cfg, name="o_proj")(out), layer_cache
+
+
+class MLP(nn.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+  cfg: BackboneConfig
+
+  @nn.compact
+  def __call__(self, x: Float[Array, "b l d"]) -> Float[Array, "b l d"]:
+    cfg = self.cfg
+    dense = lambda features, axes, name: nn.Dense(  # noqa: E731
+        features, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+        kernel_init=_normal(cfg, axes), name=name)
+    gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate_proj")(x)
+    up = dense(cfg.intermediate_size, ("embed", "mlp"), "up_proj")(x)
+    hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "mlp"))
+    return dense(cfg.hidden_size, ("mlp", "embed"), "down_proj")(hidden)
+
+
+class DecoderLayer(nn.Module):
+  """Pre-norm block; returns (carry, per-layer output) so nn.scan can stack it."""
+
+  cfg: BackboneConfig
+
+  @nn.compact
+  def __call__(self, x, layer_cache, positions, mask, cache_index):
+    cfg = self.cfg
+    attn_out, layer_cache = Attention(cfg, name="self_attn")(
+        RMSNorm(cfg, name="input_layernorm")(x), positions, mask, layer_cache, cache_index)
+    x = x + attn_out
+    x = x + MLP(cfg, name="mlp")(RMSNorm(cfg, name="post_attention_layernorm")(x))
+    return nn.with_logical_constraint(x, ("batch", "length", "embed")), layer_cache
+
+
+class Backbone(nn.Module):
+  """The Qwen2 decoder. Call with token ids or with embeddings (the unified model's path)."""
+
+  cfg: BackboneConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.embed_tokens = self.param("embed_tokens", _normal(cfg, ("vocab", "embed")),
+                                   (cfg.vocab_size, cfg.hidden_size), cfg.weight_dtype)
+    layer = DecoderLayer
+    if cfg.remat_policy != "none":
+      layer = nn.remat(layer, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      self.layers = nn.scan(
+          layer, variable_axes={"params": 0}, split_rngs={"params": True},
+          in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"})(cfg, name="layers")
+    else:
+      self.layers = [layer(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
+    self.norm = RMSNorm(cfg)
+    if not cfg.tie_word_embeddings:
+      self.lm_head = self.param("lm_head", _normal(cfg, ("embed", "vocab")),
+                                (cfg.hidden_size, cfg.vocab_size), cfg.weight_dtype)
+
+  def embed(self, input_ids: Int[Array, "b l"]) -> Float[Array, "b l d"]:
+    # Gather the embed axis first (as FSDP does for every weight): a lookup into a table split
+    # along both axes makes XLA replicate the whole table instead.
+    table = nn.with_logical_constraint(self.embed_tokens, ("vocab", None))
+    x = jnp.take(table, input_ids, axis=0).astype(self.cfg.compute_dtype)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+  def logits(self, hidden: Float[Array, "b l d"]) -> Float[Array, "b l v"]:
+    """LM-head logits in float32: the log-softmax of the loss needs them there."""
+    dtype = self.cfg.compute_dtype
+    if self.cfg.tie_word_embeddings:
+      logits = jnp.einsum("bld,vd->blv", hidden.astype(dtype), self.embed_tokens.astype(dtype),
+                          preferred_element_type=jnp.float32)
+    else:
+      logits = jnp.einsum("bld,dv->blv", hidden.astype(dtype), self.lm_head.astype(dtype),
+                          preferred_element_type=jnp.float32)
+    return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+
+  def __call__(
+      self,
+      input_ids: Int[Array, "b l"] | None = None,
+      positions: Int[Array, "b l"] | None = None,
+      *,
+      inputs_embeds: Float[Array, "b l d"] | None = None,
+      segment_ids: Int[Array, "b l"] | None = None,
+      attention_mask: Bool[Array, "b l s"] | None = None,
+      kv_cache: KVCache | None = None,
+      compute_logits: bool = True,
+  ) -> BackboneOutput:
+    """Runs the decoder over a sequence, or over new tokens appended to `kv_cache`.
+
+    `segment_ids` (0 = padding) give causal attention within packed segments unless
+    `attention_mask` [b, l, s] is given (s = l, or the cache length when decoding); True there
+    means the query may attend to the key. `positions` default to 0..l-1 (after the cache's fill
+    when decoding); pass them explicitly for left padding or packed rows.
+    """
+    if (input_ids is None) == (inputs_embeds is None):
+      raise ValueError("pass exactly one of input_ids and inputs_embeds")
+    x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.cfg.compute_dtype)
+    batch, length = x.shape[:2]
+    if segment_ids is None:
+      segment_ids = jnp.ones((batch, length), jnp.int32)
+    cache_index = jnp.zeros((), jnp.int32) if kv_cache is None else kv_cache.index
+    if positions is None:
+      positions = jnp.broadcast_to(cache_index + jnp.arange(length), (batch, length))
+
+    if kv_cache is None:
+      mask = masks.causal_segment_mask(segment_ids) if attention_mask is None else attention_mask
+      layer_caches = None
+    else:
+      valid = jax.lax.dynamic_update_slice(kv_cache.valid, segment_ids != 0, (0, cache_index))
+      mask = masks.decode_mask(valid, cache_index, length, attention_mask)
+      layer_caches = (kv_cache.key, kv_cache.value)
+
+    if self.cfg.scan_layers:
+      x, layer_caches = self.layers(x, layer_caches, positions, mask, cache_index)
+    else:
+      new_caches = []
+      for i, layer in enumerate(self.layers):
+        layer_cache = None if layer_caches is None else jax.tree.map(lambda c, i=i: c[i], layer_caches)
+        x, layer_cache = layer(x, layer_cache, positions, mask, cache_index)
+        new_caches.append(layer_cache)
+      if layer_caches is not None:
+        layer_caches = jax.tree.map(lambda *c: jnp.stack(c), *new_caches)
+
+    hidden = self.norm(x)
+    new_cache = None
+    if kv_cache is not None:
+      new_cache = KVCache(key=layer_caches[0], value=layer_caches[1], valid=valid, index=cache_index + length)
+    return BackboneOutput(logits=self.logits(hidden) if compute_logits else None, hidden=hidden,
+                          kv_cache=new_cache)
+
+
+def count_params(params: Any) -> int:
+  return sum(x.size for x in jax.tree.leaves(params))

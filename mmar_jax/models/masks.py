@@ -1,0 +1,40 @@
+"""Boolean attention masks built from segment ids: True means "query may attend to key".
+
+Masks are [b, q, k] booleans (1 byte an entry), broadcast over heads inside attention. Every
+query row keeps its own position, so a padding row is never all-False (which would make the
+softmax degenerate).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Int
+
+
+def causal_segment_mask(segment_ids: Int[Array, "b l"]) -> Bool[Array, "b l l"]:
+  """Causal attention inside each packed segment; segment id 0 marks padding."""
+  length = segment_ids.shape[-1]
+  causal = jnp.tril(jnp.ones((length, length), bool))
+  same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
+  key_is_real = (segment_ids != 0)[:, None, :]
+  return (causal & same_segment & key_is_real) | jnp.eye(length, dtype=bool)
+
+
+def decode_mask(
+    key_valid: Bool[Array, "b s"],
+    cache_index: Int[Array, ""],
+    query_length: int,
+    attention_mask: Bool[Array, "b l s"] | None = None,
+) -> Bool[Array, "b l s"]:
+  """Mask of `query_length` new tokens written at `cache_index` against a cache of size s.
+
+  Without `attention_mask` a query sees every valid slot at or before its own (causal); with
+  one (a prefill with a non-causal pattern, e.g. an image span) that mask decides, limited to
+  valid slots.
+  """
+  slots = jnp.arange(key_valid.shape[-1])
+  query_slots = cache_index + jnp.arange(query_length)
+  own_slot = slots[None, :] == query_slots[:, None]
+  if attention_mask is None:
+    attention_mask = slots[None, :] <= query_slots[:, None]
+  return (attention_mask & key_valid[:, None, :]) | own_slot
