@@ -155,3 +155,28 @@ def mesh_shape(config: ml_collections.ConfigDict, num_devices: int | None) -> tu
   elif known != num_devices:
     _fail("mesh", dict(zip(MESH_AXES, sizes)), f"covers {known} devices but there are {num_devices}")
   return tuple(sizes)
+
+
+def from_dict(snapshot: dict) -> ml_collections.ConfigDict:
+  """Rebuilds a config from a JSON snapshot through the schema: unknown fields fail by name,
+  lists become tuples where the schema has tuples, and the result is validated."""
+  config = base_config()
+
+  def assign(node: ml_collections.ConfigDict, values: dict, prefix: str):
+    for key, value in values.items():
+      if key not in node:
+        raise ConfigError(f"config.{prefix}{key} in the snapshot is not a field of this version's schema")
+      if isinstance(node[key], ml_collections.ConfigDict):
+        assign(node[key], value, f"{prefix}{key}.")
+      elif isinstance(node[key], tuple):
+        node[key] = _as_tuples(value)
+      else:
+        node[key] = value
+
+  assign(config, snapshot, "")
+  validate(config)
+  return config
+
+
+def _as_tuples(value):
+  return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value

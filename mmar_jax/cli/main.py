@@ -10,7 +10,12 @@ from __future__ import annotations
 import importlib
 import sys
 
-from absl import app
+from absl import app, flags, logging
+
+from mmar_jax.configs import ConfigError
+
+# Errors that mean bad input (a file, a flag, a config field), each with a message naming it.
+USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, ValueError)
 
 # name -> (module, one-line description shown by `mmar-jax --help`)
 SUBCOMMANDS = {
@@ -37,7 +42,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"mmar-jax: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr)
     sys.exit(2)
   module = importlib.import_module(SUBCOMMANDS[name][0])
-  app.run(module.main, argv=[f"mmar-jax {name}"] + argv[2:])
+
+  def run(sub_argv):
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)  # jax's backend probing logs at INFO on every start.
+    try:
+      return module.main(sub_argv)
+    except USER_ERRORS as e:  # The user's input is at fault: say what, without a traceback.
+      print(f"mmar-jax {name}: error: {e}", file=sys.stderr)
+      sys.exit(2)
+
+  app.run(run, argv=[f"mmar-jax {name}"] + argv[2:])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,26 @@
+"""mmar-jax export-hf: an mmar_jax checkpoint's backbone -> a Hugging Face Qwen2 directory.
+
+The result loads with `transformers.AutoModelForCausalLM.from_pretrained(DIR)` and none of our code.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from mmar_jax import checkpoint
+from mmar_jax.convert import hf_qwen2
+from mmar_jax.models.backbone import BackboneConfig
+
+_CKPT = flags.DEFINE_string("ckpt", None, "mmar_jax checkpoint directory.", required=True)
+_OUT = flags.DEFINE_string("out", None, "Hugging Face directory to write.", required=True)
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"], "dtype of the written tensors.")
+_MAX_SHARD = flags.DEFINE_integer("max-shard-bytes", 5 * 2**30, "Shard the safetensors above this size.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.")
+
+
+def main(argv):
+  del argv
+  params, config = checkpoint.load(_CKPT.value)
+  hf_qwen2.save(BackboneConfig.from_config(config.model), params["backbone"], _OUT.value, dtype=_DTYPE.value,
+                max_shard_bytes=_MAX_SHARD.value, overwrite=_OVERWRITE.value)
+  print(f"exported {_CKPT.value} -> {_OUT.value} ({_DTYPE.value})")

@@ -1,0 +1,66 @@
+"""The `mmar-jax` command as a user runs it: real processes, real files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from mmar_jax import checkpoint
+from tests.convert.test_hf_qwen2 import make_hf_model
+
+
+def mmar_jax(*args, check=True):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-m", "mmar_jax.cli.main", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+  if check and result.returncode != 0:
+    raise AssertionError(f"mmar-jax {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+  return result
+
+
+def test_help_lists_subcommands():
+  out = mmar_jax("--help").stdout
+  for name in ("info", "import-hf", "export-hf"):
+    assert name in out
+
+
+def test_import_then_export_through_the_cli(tmp_path):
+  _, hf_dir = make_hf_model(tmp_path, tie=False)
+  mmar_jax("import-hf", f"--hf-dir={hf_dir}", f"--out={tmp_path / 'ckpt'}", "--config=configs/demo.py")
+  config = checkpoint.load_config(tmp_path / "ckpt")
+  assert config.name == "demo" and config.model.hidden_size == 64 and not config.model.tie_word_embeddings
+  mmar_jax("export-hf", f"--ckpt={tmp_path / 'ckpt'}", f"--out={tmp_path / 'back'}")
+  with safe_open(hf_dir / "model.safetensors", "numpy") as a, safe_open(tmp_path / "back" / "model.safetensors",
+                                                                        "numpy") as b:
+    assert sorted(a.keys()) == sorted(b.keys())
+    for key in a.keys():
+      np.testing.assert_array_equal(a.get_tensor(key), b.get_tensor(key))
+
+
+def test_import_of_a_non_qwen2_directory_names_the_field_and_writes_nothing(tmp_path):
+  _, hf_dir = make_hf_model(tmp_path)
+  (hf_dir / "config.json").write_text((hf_dir / "config.json").read_text().replace('"qwen2"', '"gpt2"'))
+  result = mmar_jax("import-hf", f"--hf-dir={hf_dir}", f"--out={tmp_path / 'ckpt'}", check=False)
+  assert result.returncode != 0 and "model_type='gpt2'" in result.stderr
+  assert not (tmp_path / "ckpt").exists()
+
+
+def test_info_runs_the_demo_config():
+  out = mmar_jax("info", "--config=configs/demo.py", "--config.model.num_layers=2").stdout
+  assert "total" in out and "tokens/s" in out
+
+
+def test_export_of_a_missing_checkpoint_names_it(tmp_path):
+  result = mmar_jax("export-hf", f"--ckpt={tmp_path / 'nope'}", f"--out={tmp_path / 'x'}", check=False)
+  assert result.returncode != 0 and "nope" in result.stderr and "not an mmar_jax checkpoint" in result.stderr
+
+
+@pytest.mark.parametrize("bad", ["--config.model.num_kv_heads=3"])
+def test_info_rejects_a_bad_override(bad):
+  result = mmar_jax("info", "--config=configs/demo.py", bad, check=False)
+  assert result.returncode != 0 and "num_kv_heads=3" in result.stderr
