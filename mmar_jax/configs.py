@@ -66,7 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.param_dtype = "float32"
   config.model.scan_layers = True  # nn.scan over layers: compile time independent of depth.
   config.model.remat_policy = "none"  # One of REMAT_POLICIES.
-  config.model.attention_impl = "auto"  # jax.nn.dot_product_attention's implementation; auto lets jax pick.
+  config.model.attention_impl = "auto"  # jax.nn.dot_product_attention's: auto = cuDNN on GPU in 16 bits, else XLA.
 
   # Device mesh: one axis size may be -1 ("the rest of the devices").
   config.mesh = ml_collections.ConfigDict()

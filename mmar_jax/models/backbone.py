@@ -149,6 +149,18 @@ class OutputProjection(nn.Module):
     return jnp.einsum("blnh,nhd->bld", x, kernel.astype(cfg.compute_dtype))
 
 
+def attention_implementation(cfg: BackboneConfig, decoding: bool) -> str:
+  """The fused cuDNN kernel on GPUs for 16-bit full-sequence attention, XLA's otherwise.
+
+  jax's own default (None) is always XLA. One-token decode steps stay on XLA: there is no
+  score matrix worth fusing.
+  """
+  if cfg.attention_impl != "auto":
+    return cfg.attention_impl
+  fused = jax.default_backend() == "gpu" and cfg.compute_dtype in (jnp.bfloat16, jnp.float16) and not decoding
+  return "cudnn" if fused else "xla"
+
+
 class Attention(nn.Module):
   cfg: BackboneConfig
 
@@ -171,7 +183,7 @@ class Attention(nn.Module):
     # GQA is native here: query heads n attend to key heads k = n / group.
     out = jax.nn.dot_product_attention(
         q, k.astype(q.dtype), v.astype(q.dtype), mask=mask[:, None],
-        implementation=None if cfg.attention_impl == "auto" else cfg.attention_impl)
+        implementation=attention_implementation(cfg, decoding=layer_cache is not None))
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
     return OutputProjection(cfg, name="o_proj")(out), layer_cache
 
