@@ -1,4 +1,9 @@
-"""MMAR-0.5B: the Qwen2-0.5B backbone of the paper."""
+"""MMAR-0.5B: the Qwen2-0.5B backbone of the paper.
+
+The base schema's model defaults are Qwen2-0.5B's (hidden 896, 24 layers, 14/2 heads, MLP 4864,
+vocab 151936, tied embeddings, rope theta 1e6), so this preset only names the run; the test of
+the presets pins those dimensions.
+"""
 
 from mmar_jax import configs
 
@@ -6,14 +11,4 @@ from mmar_jax import configs
 def get_config():
   config = configs.base_config()
   config.name = "mmar_0p5b"
-  config.model.vocab_size = 151936
-  config.model.hidden_size = 896
-  config.model.intermediate_size = 4864
-  config.model.num_layers = 24
-  config.model.num_heads = 14
-  config.model.num_kv_heads = 2
-  config.model.rope_theta = 1_000_000.0
-  config.model.rms_norm_eps = 1e-6
-  config.model.tie_word_embeddings = True
-  config.model.max_seq_len = 32768
   return config
