@@ -15,7 +15,4 @@ def get_config():
   config.model.rope_theta = 10_000.0
   config.model.max_seq_len = 512
   config.model.dtype = "float32"  # CPUs gain nothing from bfloat16 matmuls.
-  config.head.depth = 3  # A head the 2-core CPU trains in minutes.
-  config.head.width = 256
-  config.head.dtype = "float32"
   return config

@@ -68,25 +68,6 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.remat_policy = "none"  # One of REMAT_POLICIES.
   config.model.attention_impl = "auto"  # jax.nn.dot_product_attention's: auto = cuDNN on GPU in 16 bits, else XLA.
 
-  # The MLP diffusion head (MAR's SimpleMLPAdaLN). Sizes follow MAR: B 6/1024, L 8/1280, H 12/1536.
-  config.head = ml_collections.ConfigDict()
-  config.head.depth = 6
-  config.head.width = 1024
-  config.head.dtype = "bfloat16"  # Compute dtype; the loss and the sampler's state are float32 regardless.
-  config.head.remat = False
-
-  # Diffusion: MAR's cosine schedule over 1000 steps, MMAR's v-prediction.
-  config.diffusion = ml_collections.ConfigDict()
-  config.diffusion.schedule = "cosine"
-  config.diffusion.num_train_steps = 1000
-  config.diffusion.prediction = "v"  # v (MMAR), or eps / x0 for comparison.
-  config.diffusion.batch_mul = 4  # MAR's diffusion_batch_mul: (t, noise) draws per token and step.
-  config.diffusion.num_sampling_steps = 100
-  config.diffusion.sampler = "ddpm"  # ddpm (with temperature) or ddim.
-  config.diffusion.temperature = 1.0
-  config.diffusion.cfg_scale = 3.0  # Classifier-free guidance at generation; 1 = none.
-  config.diffusion.cfg_schedule = "linear"  # MAR's: guidance ramps from 1 to cfg_scale over the AR steps.
-
   # Device mesh: one axis size may be -1 ("the rest of the devices").
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1
@@ -138,7 +119,6 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
                          ("attention_impl", ATTENTION_IMPLS)):
     if m[field] not in allowed:
       _fail(f"model.{field}", m[field], f"must be one of {allowed}")
-  _validate_diffusion(config)
   mesh_shape(config, num_devices)
   rule_axes = {name for name, _ in config.mesh.logical_axis_rules}
   for name, target in config.mesh.logical_axis_rules:
@@ -149,30 +129,6 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   missing = {"batch", "embed", "vocab", "mlp", "heads", "kv_heads"} - rule_axes
   if missing:
     _fail("mesh.logical_axis_rules", "...", f"has no rule for logical axes {sorted(missing)}")
-
-
-def _validate_diffusion(config: ml_collections.ConfigDict) -> None:
-  # Imported here: the diffusion modules own their allowed values.
-  from mmar_jax.diffusion.losses import PREDICTIONS
-  from mmar_jax.diffusion.sampling import GUIDANCE_SCHEDULES, SAMPLERS
-
-  h, d = config.head, config.diffusion
-  for field in ("depth", "width"):
-    if h[field] <= 0:
-      _fail(f"head.{field}", h[field], "must be positive")
-  if h.dtype not in DTYPES:
-    _fail("head.dtype", h.dtype, f"must be one of {DTYPES}")
-  for field, allowed in (("schedule", ("cosine",)), ("prediction", PREDICTIONS), ("sampler", SAMPLERS),
-                         ("cfg_schedule", GUIDANCE_SCHEDULES)):
-    if d[field] not in allowed:
-      _fail(f"diffusion.{field}", d[field], f"must be one of {allowed}")
-  if not 1 <= d.num_sampling_steps <= d.num_train_steps:
-    _fail("diffusion.num_sampling_steps", d.num_sampling_steps,
-          f"must be in [1, config.diffusion.num_train_steps={d.num_train_steps}]")
-  if d.batch_mul < 1:
-    _fail("diffusion.batch_mul", d.batch_mul, "must be at least 1")
-  if d.temperature <= 0:
-    _fail("diffusion.temperature", d.temperature, "must be positive")
 
 
 def head_dim(model_config) -> int:
