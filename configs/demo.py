@@ -15,4 +15,8 @@ def get_config():
   config.model.rope_theta = 10_000.0
   config.model.max_seq_len = 512
   config.model.dtype = "float32"  # CPUs gain nothing from bfloat16 matmuls.
+  config.head.depth = 2
+  config.head.width = 128
+  config.head.dtype = "float32"  # As the backbone: CPUs gain nothing from bfloat16.
+  config.diffusion.num_sampling_steps = 50
   return config

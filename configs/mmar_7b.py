@@ -19,4 +19,6 @@ def get_config():
   config.model.remat_policy = "dots_with_no_batch_dims"  # 7B activations do not fit without remat.
   config.mesh.data = 1
   config.mesh.fsdp = -1  # ZeRO-3 over every device by default.
+  config.head.depth = 12  # MAR-H's head: the paper does not give MMAR's head size.
+  config.head.width = 1536
   return config

@@ -23,6 +23,10 @@ DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 MESH_AXES = ("data", "fsdp", "tensor")
+NOISE_SCHEDULES = ("cosine", "linear")
+PREDICTIONS = ("v", "eps", "x0")
+SAMPLERS = ("ddpm", "ddim")
+CFG_SCHEDULES = ("linear", "constant")
 
 # Logical axis -> mesh axis (or axes). One table decides every sharding: parameters and
 # activations name logical axes only. flax skips a mesh axis that an earlier dimension of the
@@ -67,6 +71,31 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.scan_layers = True  # nn.scan over layers: compile time independent of depth.
   config.model.remat_policy = "none"  # One of REMAT_POLICIES.
   config.model.attention_impl = "auto"  # jax.nn.dot_product_attention's: auto = cuDNN on GPU in 16 bits, else XLA.
+
+  # The MAR diffusion head: an MLP of AdaLN residual blocks modelling p(x | z) per image token.
+  # Sizes are MAR's (depth/width 6/1024 B, 8/1280 L, 12/1536 H); the default is MAR-B's.
+  config.head = ml_collections.ConfigDict()
+  config.head.depth = 6
+  config.head.width = 1024
+  config.head.token_channels = 16  # Channels of one continuous image token (KL-16 latent: 16 x latent_patch**2).
+  config.head.frequency_dim = 256  # Sinusoidal timestep features, as in DiT/MAR.
+  config.head.norm_eps = 1e-6
+  config.head.dtype = "bfloat16"  # Compute dtype; the loss, the schedule and the sampler stay float32.
+  config.head.param_dtype = "float32"
+  config.head.remat = False  # Recompute each residual block in the backward pass.
+
+  # The diffusion process around the head (MAR's, with the paper's v-prediction).
+  config.diffusion = ml_collections.ConfigDict()
+  config.diffusion.schedule = "cosine"  # One of NOISE_SCHEDULES.
+  config.diffusion.num_train_steps = 1000
+  config.diffusion.num_sampling_steps = 100  # Respaced from num_train_steps, evenly, ends included.
+  config.diffusion.prediction = "v"  # One of PREDICTIONS; the paper's ablation compares v and eps.
+  config.diffusion.diffusion_batch_mul = 4  # (t, noise) draws per token, folded into one head batch.
+  config.diffusion.sampler = "ddpm"  # One of SAMPLERS; MAR samples with DDPM.
+  config.diffusion.temperature = 1.0  # Scales the DDPM noise std (MAR's temperature).
+  config.diffusion.ddim_eta = 0.0  # 0: deterministic DDIM.
+  config.diffusion.cfg_scale = 3.0  # Classifier-free guidance; MAR reports ~3 with the linear schedule.
+  config.diffusion.cfg_schedule = "linear"  # One of CFG_SCHEDULES: MAR ramps 1 -> cfg_scale over AR steps.
 
   # Device mesh: one axis size may be -1 ("the rest of the devices").
   config.mesh = ml_collections.ConfigDict()
@@ -119,6 +148,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
                          ("attention_impl", ATTENTION_IMPLS)):
     if m[field] not in allowed:
       _fail(f"model.{field}", m[field], f"must be one of {allowed}")
+  _validate_head(config.head)
+  _validate_diffusion(config.diffusion)
   mesh_shape(config, num_devices)
   rule_axes = {name for name, _ in config.mesh.logical_axis_rules}
   for name, target in config.mesh.logical_axis_rules:
@@ -129,6 +160,38 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   missing = {"batch", "embed", "vocab", "mlp", "heads", "kv_heads"} - rule_axes
   if missing:
     _fail("mesh.logical_axis_rules", "...", f"has no rule for logical axes {sorted(missing)}")
+
+
+def _validate_head(h: ml_collections.ConfigDict) -> None:
+  for field in ("depth", "width", "token_channels", "frequency_dim"):
+    if h[field] <= 0:
+      _fail(f"head.{field}", h[field], "must be positive")
+  if h.frequency_dim % 2:
+    _fail("head.frequency_dim", h.frequency_dim, "must be even (cosine and sine halves)")
+  if not h.norm_eps > 0:
+    _fail("head.norm_eps", h.norm_eps, "must be positive")
+  for field in ("dtype", "param_dtype"):
+    if h[field] not in DTYPES:
+      _fail(f"head.{field}", h[field], f"must be one of {DTYPES}")
+
+
+def _validate_diffusion(d: ml_collections.ConfigDict) -> None:
+  for field, allowed in (("schedule", NOISE_SCHEDULES), ("prediction", PREDICTIONS), ("sampler", SAMPLERS),
+                         ("cfg_schedule", CFG_SCHEDULES)):
+    if d[field] not in allowed:
+      _fail(f"diffusion.{field}", d[field], f"must be one of {allowed}")
+  for field in ("num_train_steps", "num_sampling_steps", "diffusion_batch_mul"):
+    if d[field] <= 0:
+      _fail(f"diffusion.{field}", d[field], "must be positive")
+  if d.num_sampling_steps > d.num_train_steps:
+    _fail("diffusion.num_sampling_steps", d.num_sampling_steps,
+          f"must be at most config.diffusion.num_train_steps={d.num_train_steps}")
+  if not d.temperature > 0:
+    _fail("diffusion.temperature", d.temperature, "must be positive")
+  if not 0 <= d.ddim_eta <= 1:
+    _fail("diffusion.ddim_eta", d.ddim_eta, "must be in [0, 1]")
+  if not d.cfg_scale >= 0:
+    _fail("diffusion.cfg_scale", d.cfg_scale, "must be non-negative (1 = no guidance)")
 
 
 def head_dim(model_config) -> int:

@@ -1,0 +1,102 @@
+"""How much a low-precision forward pass of the head adds to the implied x0 and to a DDIM step.
+
+The paper's argument (MMAR.md, "numerical-stability theorem"): in bfloat16 the head's output
+carries an error delta of order its own magnitude, whatever the target. That error reaches
+
+  x0       through  sqrt((1 - a) / a)  (eps),  sqrt(1 - a) <= 1  (v),  1  (x0)
+  x_{t-1}  through  |sqrt(1 - a') - sqrt(a') sqrt(1 - a) / sqrt(a)|  (eps)
+                    |sqrt(1 - a') sqrt(a) - sqrt(a') sqrt(1 - a)| <= 1  (v)
+                    |sqrt(a') - sqrt(1 - a') sqrt(a) / sqrt(1 - a)|  (x0)
+
+with a = alpha_bar_t and a' = alpha_bar_{t-1}. `bucket_errors` runs the same parameters with
+the head in float32 and in bfloat16, measures delta and both errors per timestep bucket, and
+puts the bound (coefficient x measured delta) beside each measurement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmar_jax.diffusion import parameterization
+from mmar_jax.diffusion.schedule import Schedule
+from mmar_jax.diffusion.toy import ToyMixture
+from mmar_jax.models.diffusion_head import DiffusionHead, HeadConfig
+
+# Timestep ranges [lo, hi): fine at the noisy end, where alpha_bar falls from 2e-4 to 2e-9.
+DEFAULT_BUCKETS = ((0, 100), (100, 300), (300, 500), (500, 700), (700, 900), (900, 950), (950, 990),
+                   (990, 999), (999, 1000))
+
+
+def x0_coefficient(prediction: str, a: np.ndarray) -> np.ndarray:
+  """|d x0 / d output| at alpha_bar a."""
+  return {"eps": np.sqrt((1 - a) / a), "v": np.sqrt(1 - a), "x0": np.ones_like(a)}[prediction]
+
+
+def ddim_step_coefficient(prediction: str, a: np.ndarray, a_prev: np.ndarray) -> np.ndarray:
+  """|d x_{t-1} / d output| of a deterministic DDIM step from alpha_bar a to a_prev (the paper's)."""
+  sa, s1a, sp, s1p = np.sqrt(a), np.sqrt(1 - a), np.sqrt(a_prev), np.sqrt(1 - a_prev)
+  return np.abs({"eps": s1p - sp * s1a / sa, "v": s1p * sa - sp * s1a, "x0": sp - s1p * sa / s1a}[prediction])
+
+
+@dataclasses.dataclass(frozen=True)
+class BucketError:
+  """RMS errors (low precision minus float32) over one timestep bucket."""
+
+  t_lo: int
+  t_hi: int
+  alpha_bar: float  # Geometric mean over the bucket's samples.
+  out_err: float  # delta: the head's output error.
+  x0_err: float
+  x0_bound: float  # RMS of x0_coefficient x |delta| per element.
+  step_err: float
+  step_bound: float
+
+
+def _rms(x) -> float:
+  return float(np.sqrt(np.mean(np.square(np.asarray(x, np.float64)))))
+
+
+def bucket_errors(head_cfg: HeadConfig, params, prediction: str, data: ToyMixture, rng, *,
+                  buckets: Sequence[tuple[int, int]] = DEFAULT_BUCKETS, per_bucket: int = 2048,
+                  low_dtype: str = "bfloat16", schedule: Schedule | None = None) -> list[BucketError]:
+  """Per bucket: the output, x0 and DDIM-step errors that `low_dtype` adds, with their bounds."""
+  schedule = schedule or Schedule.create("cosine", 1000)
+  ab = np.asarray(schedule.alpha_bar)
+  ab_prev = np.asarray(schedule.alpha_bar_prev)
+  hi_head = DiffusionHead(head_cfg.replace(dtype="float32"))
+  lo_head = DiffusionHead(head_cfg.replace(dtype=low_dtype))
+
+  @jax.jit
+  def measure(t, rng):
+    cls_rng, x_rng, eps_rng = jax.random.split(rng, 3)
+    classes = jax.random.randint(cls_rng, t.shape, 0, data.num_classes)
+    x0 = data.sample(x_rng, classes)
+    a, a_prev = jnp.asarray(ab)[t], jnp.asarray(ab_prev)[t]
+    eps = jax.random.normal(eps_rng, x0.shape)
+    x_t = jnp.sqrt(a)[:, None] * x0 + jnp.sqrt(1 - a)[:, None] * eps
+    z = data.condition(classes)
+    outs = []
+    for head in (hi_head, lo_head):
+      out = head.apply(params, x_t, t.astype(jnp.float32), z).astype(jnp.float32)
+      x0_hat, eps_hat = parameterization.to_x0_eps(prediction, out, x_t, a)
+      x_prev = jnp.sqrt(a_prev)[:, None] * x0_hat + jnp.sqrt(1 - a_prev)[:, None] * eps_hat
+      outs.append((out, x0_hat, x_prev))
+    (o32, x32, p32), (olo, xlo, plo) = outs
+    return olo - o32, xlo - x32, plo - p32
+
+  results = []
+  for i, (lo, hi) in enumerate(buckets):
+    t_rng, m_rng = jax.random.split(jax.random.fold_in(rng, i))
+    t = np.asarray(jax.random.randint(t_rng, (per_bucket,), lo, hi))
+    d_out, d_x0, d_step = (np.asarray(v) for v in measure(jnp.asarray(t), m_rng))
+    a, a_prev = ab[t].astype(np.float64), ab_prev[t].astype(np.float64)
+    results.append(BucketError(
+        t_lo=lo, t_hi=hi, alpha_bar=float(np.exp(np.mean(np.log(a)))), out_err=_rms(d_out), x0_err=_rms(d_x0),
+        x0_bound=_rms(x0_coefficient(prediction, a)[:, None] * np.abs(d_out)), step_err=_rms(d_step),
+        step_bound=_rms(ddim_step_coefficient(prediction, a, a_prev)[:, None] * np.abs(d_out))))
+  return results

@@ -1,0 +1,135 @@
+"""MAR's diffusion head: an MLP of AdaLN residual blocks that predicts from (x_t, t, z).
+
+Layout as in MAR's `SimpleMLPAdaLN` (itself DiT's AdaLN without attention): the noisy token is
+projected to the head's width, the timestep goes through sinusoidal features and a 2-layer MLP,
+the backbone's hidden state `z` through one linear layer; their sum `y` modulates every residual
+block (shift, scale, gate) and the final layer (shift, scale). Modulations and the output layer
+start at zero, so the untrained head predicts 0 and every block starts as the identity.
+
+MAR's head also outputs a variance (learned-range sigma with a VLB term); this head outputs the
+prediction only and the samplers use fixed variances, since the paper trains with a plain
+v-prediction MSE.
+
+Parameters carry logical axis names: the residual stream's width is 'embed' and the inner
+(hidden and modulation) width is 'mlp', as in the backbone, so one rule table shards both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+# MAR/DiT initialisers: xavier-uniform weights and zero biases, N(0, 0.02) for the timestep MLP.
+_XAVIER = nn.initializers.xavier_uniform()
+_TIME_INIT = nn.initializers.normal(0.02)
+_ZEROS = nn.initializers.zeros
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadConfig:
+  """The head's narrow view of `config.head`."""
+
+  depth: int
+  width: int
+  token_channels: int
+  frequency_dim: int = 256
+  norm_eps: float = 1e-6
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  remat: bool = False
+
+  @classmethod
+  def from_config(cls, head_config) -> HeadConfig:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: head_config[k] for k in names if k in head_config})
+
+  def replace(self, **changes) -> HeadConfig:
+    return dataclasses.replace(self, **changes)
+
+
+def timestep_features(t: Float[Array, " b"], dim: int, max_period: float = 10_000.0) -> Float[Array, "b f"]:
+  """Sinusoidal features [cos, sin] of (possibly fractional) timesteps, always float32.
+
+  float32 because bfloat16 values in [512, 1024) are 4 apart: timesteps 998 and 999 both become 1000.
+  """
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = t.astype(jnp.float32)[:, None] * freqs[None]
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def _dense(cfg: HeadConfig, features: int, axes: tuple[str | None, str | None], name: str,
+           kernel_init=_XAVIER) -> nn.Dense:
+  return nn.Dense(
+      features, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), name=name,
+      kernel_init=nn.with_logical_partitioning(kernel_init, axes),
+      bias_init=nn.with_logical_partitioning(_ZEROS, (axes[1],)))
+
+
+def _modulate(x: Float[Array, "b d"], shift: Float[Array, "b d"], scale: Float[Array, "b d"]):
+  return x * (1 + scale) + shift
+
+
+def _layer_norm(cfg: HeadConfig, affine: bool, name: str) -> nn.LayerNorm:
+  # Statistics in float32: bfloat16 variances of small activations lose their low bits.
+  return nn.LayerNorm(epsilon=cfg.norm_eps, use_scale=affine, use_bias=affine, dtype=jnp.dtype(cfg.dtype),
+                      param_dtype=jnp.dtype(cfg.param_dtype), force_float32_reductions=True, name=name,
+                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                      bias_init=nn.with_logical_partitioning(_ZEROS, ("norm",)))
+
+
+class ResBlock(nn.Module):
+  """x + gate * MLP(modulate(LN(x), shift, scale)), with (shift, scale, gate) from y."""
+
+  cfg: HeadConfig
+
+  @nn.compact
+  def __call__(self, x: Float[Array, "b d"], y: Float[Array, "b d"]) -> Float[Array, "b d"]:
+    cfg = self.cfg
+    mod = _dense(cfg, 3 * cfg.width, ("embed", "mlp"), "adaLN_modulation", _ZEROS)(nn.silu(y))
+    shift, scale, gate = jnp.split(mod, 3, axis=-1)
+    h = _modulate(_layer_norm(cfg, True, "in_ln")(x), shift, scale)
+    h = _dense(cfg, cfg.width, ("embed", "mlp"), "mlp_in")(h)
+    h = _dense(cfg, cfg.width, ("mlp", "embed"), "mlp_out")(nn.silu(h))
+    return x + gate * h
+
+
+class FinalLayer(nn.Module):
+  """DiT's final layer: modulate(LN(x)) then a linear map to the token's channels."""
+
+  cfg: HeadConfig
+
+  @nn.compact
+  def __call__(self, x: Float[Array, "b d"], y: Float[Array, "b d"]) -> Float[Array, "b c"]:
+    cfg = self.cfg
+    mod = _dense(cfg, 2 * cfg.width, ("embed", "mlp"), "adaLN_modulation", _ZEROS)(nn.silu(y))
+    shift, scale = jnp.split(mod, 2, axis=-1)
+    h = _modulate(_layer_norm(cfg, False, "norm_final")(x), shift, scale)
+    return _dense(cfg, cfg.token_channels, ("embed", None), "linear", _ZEROS)(h)
+
+
+class DiffusionHead(nn.Module):
+  """Predicts v (or eps, or x0) for noisy tokens x_t at timesteps t given conditions z.
+
+  The output is in the compute dtype; the loss and the samplers cast it to float32.
+  """
+
+  cfg: HeadConfig
+
+  @nn.compact
+  def __call__(self, x_t: Float[Array, "b c"], t: Float[Array, " b"], z: Float[Array, "b dz"]) -> Float[Array, "b c"]:
+    cfg = self.cfg
+    x = _dense(cfg, cfg.width, (None, "embed"), "input_proj")(x_t)
+    x = nn.with_logical_constraint(x, ("batch", "embed"))
+    temb = _dense(cfg, cfg.width, (None, "mlp"), "time_mlp_in", _TIME_INIT)(timestep_features(t, cfg.frequency_dim))
+    temb = _dense(cfg, cfg.width, ("mlp", "embed"), "time_mlp_out", _TIME_INIT)(nn.silu(temb))
+    y = temb + _dense(cfg, cfg.width, ("embed", "mlp"), "cond_embed")(z)
+    y = nn.with_logical_constraint(y, ("batch", "embed"))
+    block = nn.remat(ResBlock) if cfg.remat else ResBlock
+    for i in range(cfg.depth):
+      x = block(cfg, name=f"res_blocks_{i}")(x, y)
+    return FinalLayer(cfg, name="final_layer")(x, y)
