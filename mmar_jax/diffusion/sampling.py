@@ -73,9 +73,11 @@ def sample(apply_fn: ApplyFn, params: Any, z: Float[Array, "n dz"], rng: PRNGKey
     noise = jax.random.normal(noise_rng, x.shape, jnp.float32)
     last = (k == 0).astype(jnp.float32)  # No noise is added on the step to x_0.
     if method == "ddpm":
-      beta = 1 - a / a_prev
-      # Posterior q(x_{k-1} | x_k, x0) with its own ("fixed small") variance.
-      mean = (beta * jnp.sqrt(a_prev) * x0 + (1 - a_prev) * jnp.sqrt(1 - beta) * x) / (1 - a)
+      alpha = a / a_prev
+      beta = 1 - alpha
+      # Posterior q(x_{k-1} | x_k, x0) with its own ("fixed small") variance. sqrt(alpha), not
+      # sqrt(1 - beta): near beta = 0.999 the float32 subtraction cancels most of alpha's digits.
+      mean = (beta * jnp.sqrt(a_prev) * x0 + (1 - a_prev) * jnp.sqrt(alpha) * x) / (1 - a)
       std = jnp.sqrt(beta * (1 - a_prev) / (1 - a))
       x = mean + (1 - last) * std * temperature * noise
     else:
