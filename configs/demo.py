@@ -15,4 +15,9 @@ def get_config():
   config.model.rope_theta = 10_000.0
   config.model.max_seq_len = 512
   config.model.dtype = "float32"  # CPUs gain nothing from bfloat16 matmuls.
+  # Lossless pixel patches: the demo needs no pretrained VAE. 32x32 images, 4x4 patches -> 64 tokens of 48.
+  config.tokenizer.kind = "patch"
+  config.tokenizer.image_size = 32
+  config.tokenizer.patch_size = 4
+  config.tokenizer.dtype = "float32"
   return config
