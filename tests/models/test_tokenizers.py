@@ -188,8 +188,9 @@ def test_bfloat16_compute_keeps_float32_posterior_close_to_float32():
   bf16 = tokenizers.KLVAE(dataclasses.replace(cfg, vae=dataclasses.replace(SMALL, dtype="bfloat16")))
   params = f32.init_params(jax.random.key(1))
   x = jnp.asarray(_pixels(2, SMALL_SIZE, seed=7))
-  ref_moments, moments = f32.moments(params, x), bf16.moments(params, x)
-  assert moments.dtype == jnp.float32 and bf16.decode(params, bf16.encode(params, x)).dtype == jnp.float32
+  ref_moments, moments = jax.jit(f32.moments)(params, x), jax.jit(bf16.moments)(params, x)
+  round_trip = jax.jit(lambda p, x: bf16.decode(p, bf16.encode(p, x)))
+  assert moments.dtype == jnp.float32 and round_trip(params, x).dtype == jnp.float32
   # bfloat16 keeps 8 mantissa bits (relative error 2^-9 a rounding); over ~20 layers a few percent of
   # the output's scale is the expected drift, a wrong computation would be off by its whole scale.
   scale = float(jnp.abs(ref_moments).max())
