@@ -19,4 +19,9 @@ def get_config():
   config.head.width = 128
   config.head.dtype = "float32"  # As the backbone: CPUs gain nothing from bfloat16.
   config.diffusion.num_sampling_steps = 50
+  # Lossless pixel patches: the demo needs no pretrained VAE. 32x32 images, 4x4 patches -> 64 tokens of 48.
+  config.tokenizer.kind = "patch"
+  config.tokenizer.image_size = 32
+  config.tokenizer.patch_size = 4
+  config.tokenizer.dtype = "float32"
   return config

@@ -27,6 +27,7 @@ NOISE_SCHEDULES = ("cosine", "linear")
 PREDICTIONS = ("v", "eps", "x0")
 SAMPLERS = ("ddpm", "ddim")
 CFG_SCHEDULES = ("linear", "constant")
+TOKENIZER_KINDS = ("patch", "kl16")
 
 # Logical axis -> mesh axis (or axes). One table decides every sharding: parameters and
 # activations name logical axes only. flax skips a mesh axis that an earlier dimension of the
@@ -97,6 +98,26 @@ def base_config() -> ml_collections.ConfigDict:
   config.diffusion.cfg_scale = 3.0  # Classifier-free guidance; MAR reports ~3 with the linear schedule.
   config.diffusion.cfg_schedule = "linear"  # One of CFG_SCHEDULES: MAR ramps 1 -> cfg_scale over AR steps.
 
+  # Image tokenizer: pixels (NHWC, [-1, 1]) <-> continuous tokens [B, N, D]. Defaults are MAR's KL-16.
+  config.tokenizer = ml_collections.ConfigDict()
+  config.tokenizer.kind = "kl16"  # One of TOKENIZER_KINDS: 'patch' (lossless pixel patches) or 'kl16'.
+  config.tokenizer.image_size = 256
+  config.tokenizer.patch_size = 4  # 'patch' only: a token is a patch_size x patch_size x 3 pixel patch.
+  config.tokenizer.patch_scale = 1.0  # 'patch' only: tokens = patches * patch_scale (a power of 2, so exact).
+  config.tokenizer.latent_patch = 1  # 'kl16' only: p x p latent positions form one token; 1 = MAR.
+  config.tokenizer.vae_checkpoint = ""  # 'kl16': convert-vae output dir, MAR torch file or safetensors.
+  config.tokenizer.dtype = "bfloat16"  # Compute dtype of the VAE convolutions; posterior stays float32.
+  config.tokenizer.scale_factor = 0.2325  # MAR's KL-16 latent scale: tokens = latents * scale_factor.
+  # The VAE architecture (LDM AutoencoderKL as MAR's KL-16 builds it).
+  config.tokenizer.vae_channels = 128
+  config.tokenizer.vae_channel_mult = (1, 1, 2, 2, 4)
+  config.tokenizer.vae_num_res_blocks = 2
+  config.tokenizer.vae_z_channels = 16
+  config.tokenizer.vae_norm_groups = 32
+  # Encoder levels (0 = full resolution) whose res blocks are each followed by self-attention.
+  # MAR's attn_resolutions=(16,) at resolution 256 is level 4, the 16x16 one.
+  config.tokenizer.vae_encoder_attn_levels = (4,)
+
   # Device mesh: one axis size may be -1 ("the rest of the devices").
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1
@@ -150,6 +171,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
       _fail(f"model.{field}", m[field], f"must be one of {allowed}")
   _validate_head(config.head)
   _validate_diffusion(config.diffusion)
+  validate_tokenizer(config.tokenizer)
   mesh_shape(config, num_devices)
   rule_axes = {name for name, _ in config.mesh.logical_axis_rules}
   for name, target in config.mesh.logical_axis_rules:
@@ -192,6 +214,44 @@ def _validate_diffusion(d: ml_collections.ConfigDict) -> None:
     _fail("diffusion.ddim_eta", d.ddim_eta, "must be in [0, 1]")
   if not d.cfg_scale >= 0:
     _fail("diffusion.cfg_scale", d.cfg_scale, "must be non-negative (1 = no guidance)")
+def validate_tokenizer(t: ml_collections.ConfigDict) -> None:
+  """Checks config.tokenizer: the kind, and that patches and latents tile the image exactly."""
+  if t.kind not in TOKENIZER_KINDS:
+    _fail("tokenizer.kind", t.kind, f"must be one of {TOKENIZER_KINDS}")
+  if t.dtype not in DTYPES:
+    _fail("tokenizer.dtype", t.dtype, f"must be one of {DTYPES}")
+  if t.image_size <= 0:
+    _fail("tokenizer.image_size", t.image_size, "must be positive")
+  if t.kind == "patch":
+    if t.patch_size <= 0 or t.image_size % t.patch_size:
+      _fail("tokenizer.patch_size", t.patch_size, f"must be positive and divide config.tokenizer.image_size="
+            f"{t.image_size}")
+    if t.patch_scale <= 0 or math.frexp(t.patch_scale)[0] != 0.5:
+      _fail("tokenizer.patch_scale", t.patch_scale, "must be a positive power of 2 (so decode(encode(x)) == x "
+            "exactly)")
+    return
+  levels = len(t.vae_channel_mult)
+  if levels < 1 or min(t.vae_channel_mult) <= 0:
+    _fail("tokenizer.vae_channel_mult", t.vae_channel_mult, "must be a non-empty tuple of positive ints")
+  for field in ("vae_channels", "vae_num_res_blocks", "vae_z_channels", "vae_norm_groups"):
+    if t[field] <= 0:
+      _fail(f"tokenizer.{field}", t[field], "must be positive")
+  for m in t.vae_channel_mult:
+    if (t.vae_channels * m) % t.vae_norm_groups:
+      _fail("tokenizer.vae_norm_groups", t.vae_norm_groups, f"must divide every level's channel count "
+            f"({t.vae_channels} x {tuple(t.vae_channel_mult)})")
+  bad_levels = [lv for lv in t.vae_encoder_attn_levels if not 0 <= lv < levels]
+  if bad_levels:
+    _fail("tokenizer.vae_encoder_attn_levels", t.vae_encoder_attn_levels, f"has levels outside 0..{levels - 1}")
+  downsample = 2 ** (levels - 1)
+  if t.image_size % downsample:
+    _fail("tokenizer.image_size", t.image_size, f"must be a multiple of the VAE's downsampling {downsample}")
+  latent_size = t.image_size // downsample
+  if t.latent_patch <= 0 or latent_size % t.latent_patch:
+    _fail("tokenizer.latent_patch", t.latent_patch, f"must be positive and divide the {latent_size}x"
+          f"{latent_size} latent grid of config.tokenizer.image_size={t.image_size}")
+  if t.scale_factor <= 0:
+    _fail("tokenizer.scale_factor", t.scale_factor, "must be positive")
 
 
 def head_dim(model_config) -> int:

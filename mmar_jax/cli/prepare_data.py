@@ -1,0 +1,49 @@
+"""mmar-jax prepare-data --cache-latents: a JSONL image manifest -> cached VAE moments (ArrayRecord).
+
+The VAE is --config's tokenizer section (kind 'kl16', vae_checkpoint set). The encoder runs
+on every device with the batch sharded over the mesh's data axes; --batch-size must be a
+multiple of the device count. Rerunning the same command resumes: finished shards are skipped.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+from absl import flags
+from ml_collections import config_flags
+
+from mmar_jax import configs
+from mmar_jax.data import latent_cache
+from mmar_jax.models import tokenizers
+
+_CACHE = flags.DEFINE_bool("cache-latents", False, "Encode the images to VAE moments (the only mode so far).")
+_MANIFEST = flags.DEFINE_string("manifest", None, 'JSONL: {"image": "rel/path.png", "caption": "..."} a line.',
+                                required=True)
+_OUT = flags.DEFINE_string("out", None, "Output directory for the shards (created; reused to resume).",
+                           required=True)
+_BATCH = flags.DEFINE_integer("batch-size", 8, "Images a step (the flipped copies double it).")
+_PER_SHARD = flags.DEFINE_integer("records-per-shard", 1024, "Images per ArrayRecord shard.")
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/mmar_0p5b.py",
+                                          "Config whose tokenizer section is the VAE.", lock_config=True)
+
+
+def main(argv):
+  del argv
+  if not _CACHE.value:
+    raise flags.ValidationError("prepare-data needs --cache-latents (the only mode so far)")
+  config = _CONFIG.value
+  configs.validate_tokenizer(config.tokenizer)
+  if config.tokenizer.kind != "kl16":
+    raise flags.ValidationError(f"--cache-latents needs config.tokenizer.kind='kl16', got "
+                                f"{config.tokenizer.kind!r} (pixel patches need no cache)")
+  n = jax.device_count()
+  if _BATCH.value % n:
+    raise flags.ValidationError(f"--batch-size={_BATCH.value} must be a multiple of the {n} devices")
+  tokenizer = tokenizers.make_tokenizer(tokenizers.TokenizerConfig.from_config(config.tokenizer))
+  params = tokenizer.load_params()
+  mesh = jax.make_mesh((n, 1, 1), configs.MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(config.mesh.logical_axis_rules):
+    paths = latent_cache.cache_latents(_MANIFEST.value, _OUT.value, tokenizer, params, batch_size=_BATCH.value,
+                                       records_per_shard=_PER_SHARD.value, sharding=batch)
+  print(f"{len(paths)} shards in {_OUT.value}")

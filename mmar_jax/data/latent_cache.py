@@ -1,0 +1,159 @@
+"""Latent caching: encode an image dataset once with the KL VAE into ArrayRecord shards.
+
+Input: a JSONL manifest, one record a line, `{"image": "relative/path.png", "caption": "..."}`
+with paths relative to the manifest's directory. Images are resized and center-cropped to
+`image_size` as MAR does (halve with a box filter while at least twice too big, bicubic to
+size, center crop), then scaled to [-1, 1].
+
+Output, in `out_dir`:
+- `latents-SSSSS-of-NNNNN.array_record`: record i of the manifest is in shard
+  i // records_per_shard. Each record is a msgpack map (`write_record` / `read_record`):
+    key           str   the manifest's image path
+    caption       str
+    moments       float32 [h/16, w/16, 2 * z]: the posterior's [mean | logvar], unclipped, NHWC
+    moments_flip  the same for the horizontally flipped image (MAR's flip augmentation, cached)
+  Tokens are `KLVAE.tokens_from_moments(moments, rng)` (clip, sample, scale, group).
+- `cache_info.json`: the settings; a resumed run must match them.
+Shards are written to a temporary name and renamed when complete, so a rerun after an
+interruption skips finished shards and redoes only the rest. The posterior moments are a
+deterministic function of the image and the parameters, so reruns write the same bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+from PIL import Image
+from tqdm import tqdm
+
+from mmar_jax.models import tokenizers
+
+INFO_FILE = "cache_info.json"
+
+
+def shard_name(index: int, num_shards: int) -> str:
+  return f"latents-{index:05d}-of-{num_shards:05d}.array_record"
+
+
+def write_record(key: str, caption: str, moments: np.ndarray, moments_flip: np.ndarray) -> bytes:
+  """One cached image as msgpack bytes (see the module docstring for the fields)."""
+  return flax.serialization.msgpack_serialize({
+      "key": key, "caption": caption, "moments": np.asarray(moments, np.float32),
+      "moments_flip": np.asarray(moments_flip, np.float32)})
+
+
+def read_record(data: bytes) -> dict:
+  """The inverse of `write_record`: {'key', 'caption', 'moments', 'moments_flip'}."""
+  return flax.serialization.msgpack_restore(data)
+
+
+def read_shard(path: str) -> list[dict]:
+  """Every record of one shard, decoded (for tests and inspection; pipelines use grain)."""
+  reader = ArrayRecordReader(path)
+  try:
+    return [read_record(r) for r in reader.read_all()]
+  finally:
+    reader.close()
+
+
+def read_manifest(path: str) -> list[dict]:
+  """Manifest lines as {'key', 'path', 'caption'}, with image paths resolved against the manifest."""
+  root = os.path.dirname(os.path.abspath(path))
+  records = []
+  with open(path) as f:
+    for line_no, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      entry = json.loads(line)
+      if "image" not in entry:
+        raise ValueError(f"{path}:{line_no}: a record needs an 'image' path, got keys {sorted(entry)}")
+      records.append({"key": entry["image"], "path": os.path.join(root, entry["image"]),
+                      "caption": entry.get("caption", "")})
+  return records
+
+
+def load_image(path: str, image_size: int) -> np.ndarray:
+  """An RGB image as float32 [image_size, image_size, 3] in [-1, 1], resized and center-cropped like MAR."""
+  with Image.open(path) as image:
+    image = image.convert("RGB")
+    while min(image.size) >= 2 * image_size:
+      image = image.resize(tuple(s // 2 for s in image.size), resample=Image.BOX)
+    scale = image_size / min(image.size)
+    image = image.resize(tuple(round(s * scale) for s in image.size), resample=Image.BICUBIC)
+    arr = np.asarray(image)
+  top, left = (arr.shape[0] - image_size) // 2, (arr.shape[1] - image_size) // 2
+  arr = arr[top:top + image_size, left:left + image_size]
+  return arr.astype(np.float32) / 127.5 - 1.0
+
+
+def _encode_fn(tokenizer: tokenizers.KLVAE, sharding):
+  """Jitted (params, pixels) -> (moments, moments of the flipped pixels), batch sharded."""
+
+  def encode(params, pixels):
+    both = jnp.concatenate([pixels, pixels[:, :, ::-1]], axis=0)  # NHWC: axis 2 is the width.
+    moments = tokenizer.moments(params, both)
+    return jnp.split(moments, 2, axis=0)
+
+  return jax.jit(encode, in_shardings=(None, sharding), out_shardings=None) if sharding else jax.jit(encode)
+
+
+def cache_latents(manifest: str, out_dir: str, tokenizer: tokenizers.KLVAE, params, *, batch_size: int = 8,
+                  records_per_shard: int = 1024, sharding: jax.sharding.Sharding | None = None,
+                  progress: bool = True) -> list[str]:
+  """Writes the shards for `manifest` (skipping finished ones) and returns all shard paths.
+
+  `sharding` places each pixel batch (e.g. batch over the mesh's data axes); batches are padded
+  to `batch_size` so one program is compiled.
+  """
+  records = read_manifest(manifest)
+  if not records:
+    raise ValueError(f"{manifest} has no records")
+  num_shards = -(-len(records) // records_per_shard)
+  os.makedirs(out_dir, exist_ok=True)
+  info = {"manifest": os.path.abspath(manifest), "num_records": len(records), "num_shards": num_shards,
+          "records_per_shard": records_per_shard, "image_size": tokenizer.image_size,
+          "vae": dataclasses.asdict(tokenizer.config.vae),
+          "vae_checkpoint": tokenizer.config.vae_checkpoint}
+  info_path = os.path.join(out_dir, INFO_FILE)
+  if os.path.exists(info_path):
+    with open(info_path) as f:
+      old = json.load(f)
+    if old != json.loads(json.dumps(info)):
+      raise ValueError(f"{out_dir} holds a cache made with other settings: {old}; use a new --out")
+  else:
+    with open(info_path, "w") as f:
+      json.dump(info, f, indent=2)
+
+  paths = [os.path.join(out_dir, shard_name(i, num_shards)) for i in range(num_shards)]
+  todo = [i for i, p in enumerate(paths) if not os.path.exists(p)]
+  done_records = sum(min(records_per_shard, len(records) - i * records_per_shard)
+                     for i in range(num_shards) if i not in todo)
+  encode = _encode_fn(tokenizer, sharding)
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    # Parameters replicated on the same mesh (loaded ones sit committed on one device).
+    params = jax.device_put(params, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
+  bar = tqdm(total=len(records), initial=done_records, unit="img", desc="caching latents", disable=not progress)
+  for shard in todo:
+    chunk = records[shard * records_per_shard:(shard + 1) * records_per_shard]
+    tmp = paths[shard] + ".tmp"
+    writer = ArrayRecordWriter(tmp, "group_size:1")
+    for start in range(0, len(chunk), batch_size):
+      batch = chunk[start:start + batch_size]
+      pixels = np.zeros((batch_size, tokenizer.image_size, tokenizer.image_size, 3), np.float32)
+      for j, r in enumerate(batch):
+        pixels[j] = load_image(r["path"], tokenizer.image_size)
+      moments, moments_flip = jax.device_get(encode(params, pixels))
+      for j, r in enumerate(batch):
+        writer.write(write_record(r["key"], r["caption"], moments[j], moments_flip[j]))
+      bar.update(len(batch))
+    writer.close()
+    os.replace(tmp, paths[shard])  # Atomic: a shard under its final name is complete.
+  bar.close()
+  return paths

@@ -1,0 +1,108 @@
+"""Latent caching: records hold the image's and its mirror's moments; reruns resume and repeat bytes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmar_jax import configs
+from mmar_jax.convert import vae_ckpt
+from mmar_jax.data import latent_cache
+from mmar_jax.models import kl_vae, tokenizers
+
+# Two levels (/2): cheap enough for a dataset pass, with level and mid attention.
+TINY = kl_vae.VAEConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, z_channels=4, norm_groups=4,
+                        encoder_attn_levels=(1,))
+SIZE = 16
+SIZES = [(20, 16), (16, 16), (40, 33), (64, 48), (17, 30)]  # (w, h): non-square, some to halve, some to upscale.
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  root = tmp_path_factory.mktemp("data")
+  os.makedirs(root / "img")
+  rng = np.random.default_rng(0)
+  with open(root / "manifest.jsonl", "w") as f:
+    for i, (w, h) in enumerate(SIZES):
+      Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "img" / f"{i}.png")
+      f.write(json.dumps({"image": f"img/{i}.png", "caption": f"picture {i}"}) + "\n")
+  tok = tokenizers.KLVAE(tokenizers.TokenizerConfig(kind="kl16", image_size=SIZE, vae=TINY,
+                                                    vae_checkpoint=str(root / "vae")))
+  vae_ckpt.save(str(root / "vae"), tok.init_params(jax.random.key(0)), TINY)
+  return root, tok, tok.load_params()
+
+
+def _cache(dataset, out, **kw):
+  root, tok, params = dataset
+  mesh = jax.make_mesh((8, 1, 1), configs.MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(configs.DEFAULT_LOGICAL_AXIS_RULES):
+    return latent_cache.cache_latents(str(root / "manifest.jsonl"), str(out), tok, params, batch_size=8,
+                                      records_per_shard=2, sharding=sharding, progress=False, **kw)
+
+
+def test_records_hold_moments_of_the_image_and_its_mirror(dataset, tmp_path):
+  root, tok, params = dataset
+  paths = _cache(dataset, tmp_path / "cache")
+  assert [os.path.basename(p) for p in paths] == [latent_cache.shard_name(i, 3) for i in range(3)]
+  records = [r for p in paths for r in latent_cache.read_shard(p)]
+  assert [r["key"] for r in records] == [f"img/{i}.png" for i in range(len(SIZES))]
+  assert [r["caption"] for r in records] == [f"picture {i}" for i in range(len(SIZES))]
+  pixels = np.stack([latent_cache.load_image(str(root / "img" / f"{i}.png"), SIZE) for i in range(len(SIZES))])
+  assert pixels.shape == (5, SIZE, SIZE, 3) and pixels.min() >= -1 and pixels.max() <= 1
+  expected = tok.moments(params, pixels)
+  expected_flip = tok.moments(params, pixels[:, :, ::-1])
+  for i, r in enumerate(records):
+    assert r["moments"].dtype == np.float32 and r["moments"].shape == (SIZE // 2, SIZE // 2, 2 * TINY.z_channels)
+    np.testing.assert_allclose(r["moments"], expected[i], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(r["moments_flip"], expected_flip[i], atol=1e-5, rtol=0)
+  # The flip is a real one: the mirrored image's moments differ from the image's.
+  assert np.abs(records[0]["moments"] - records[0]["moments_flip"]).max() > 1e-3
+  # Cached moments give tokens of the tokenizer's shape.
+  assert tok.tokens_from_moments(records[0]["moments"][None], jax.random.key(0)).shape == (1, 64, 4)
+
+
+def test_rerun_skips_finished_shards_and_repeats_the_bytes(dataset, tmp_path):
+  paths = _cache(dataset, tmp_path / "a")
+  original = [open(p, "rb").read() for p in paths]
+  # An interrupted run: shard 1 never finished (only its temporary file exists).
+  os.remove(paths[1])
+  with open(paths[1] + ".tmp", "wb") as f:
+    f.write(b"partial")
+  kept = os.stat(paths[0]).st_mtime_ns
+  _cache(dataset, tmp_path / "a")
+  assert os.stat(paths[0]).st_mtime_ns == kept  # Finished shard untouched.
+  assert [open(p, "rb").read() for p in paths] == original
+  assert not os.path.exists(paths[1] + ".tmp")
+  # Other settings in the same directory are refused rather than mixed.
+  with pytest.raises(ValueError, match="other settings"):
+    root, tok, params = dataset
+    latent_cache.cache_latents(str(root / "manifest.jsonl"), str(tmp_path / "a"), tok, params, batch_size=8,
+                               records_per_shard=4, progress=False)
+
+
+def test_prepare_data_cli_writes_the_same_shards(dataset, tmp_path):
+  root, tok, _ = dataset
+  reference = _cache(dataset, tmp_path / "ref")
+  overrides = [f"--config.tokenizer.{k}={v}" for k, v in dict(
+      vae_channels=TINY.channels, vae_channel_mult="(1,2)", vae_num_res_blocks=1, vae_z_channels=TINY.z_channels,
+      vae_norm_groups=TINY.norm_groups, vae_encoder_attn_levels="(1,)", image_size=SIZE, dtype="float32",
+      vae_checkpoint=root / "vae").items()]
+  cmd = [sys.executable, "-m", "mmar_jax.cli.main", "prepare-data", "--cache-latents",
+         f"--manifest={root / 'manifest.jsonl'}", f"--out={tmp_path / 'cli'}", "--batch-size=8",
+         "--records-per-shard=2", "--config=configs/mmar_0p5b.py", *overrides]
+  env = {"JAX_PLATFORMS": "cpu", "PYTHONPATH": ".", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "3 shards" in result.stdout and "caching latents" in result.stderr  # tqdm writes to stderr.
+  for ref_path in reference:
+    cli_path = tmp_path / "cli" / os.path.basename(ref_path)
+    assert open(cli_path, "rb").read() == open(ref_path, "rb").read()
