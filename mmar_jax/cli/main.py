@@ -19,11 +19,11 @@ USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, ValueError)
 
 # name -> (module, one-line description shown by `mmar-jax --help`)
 SUBCOMMANDS = {
-    "convert-vae": ("mmar_jax.cli.convert_vae", "MAR/LDM KL-VAE checkpoint (torch or safetensors) -> our VAE dir"),
-    "prepare-data": ("mmar_jax.cli.prepare_data", "encode a JSONL image manifest to cached VAE latents (ArrayRecord)"),
     "info": ("mmar_jax.cli.info", "print a config's parameter counts and run one sharded forward pass"),
     "import-hf": ("mmar_jax.cli.import_hf", "Hugging Face Qwen2 directory -> Orbax checkpoint"),
     "export-hf": ("mmar_jax.cli.export_hf", "Orbax checkpoint -> Hugging Face Qwen2 directory"),
+    "convert-vae": ("mmar_jax.cli.convert_vae", "MAR/LDM KL-VAE checkpoint (torch or safetensors) -> our VAE dir"),
+    "prepare-data": ("mmar_jax.cli.prepare_data", "encode a JSONL image manifest to cached VAE latents (ArrayRecord)"),
 }
 
 
