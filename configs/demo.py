@@ -15,4 +15,13 @@ def get_config():
   config.model.rope_theta = 10_000.0
   config.model.max_seq_len = 512
   config.model.dtype = "float32"  # CPUs gain nothing from bfloat16 matmuls.
+  config.data.source = "synthetic"
+  config.data.synthetic_records = 10_000
+  config.data.image_size = 32
+  config.data.image_token_patch = 8  # 4 x 4 = 16 image tokens.
+  config.data.seq_len = 128
+  config.data.batch_size = 16
+  config.data.packing = True
+  config.data.num_workers = 1
+  config.data.tokenizer = "demo"
   return config

@@ -23,6 +23,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 MESH_AXES = ("data", "fsdp", "tensor")
+DATA_SOURCES = ("synthetic", "manifest")
 
 # Logical axis -> mesh axis (or axes). One table decides every sharding: parameters and
 # activations name logical axes only. flax skips a mesh axis that an earlier dimension of the
@@ -74,6 +75,28 @@ def base_config() -> ml_collections.ConfigDict:
   config.mesh.fsdp = 1
   config.mesh.tensor = 1
   config.mesh.logical_axis_rules = DEFAULT_LOGICAL_AXIS_RULES
+
+  # The input pipeline (mmar_jax/data): source, task sequences, batching, workers.
+  config.data = ml_collections.ConfigDict()
+  config.data.source = "synthetic"  # One of DATA_SOURCES.
+  config.data.manifest = ""  # JSONL manifest for source='manifest'; image paths relative to it.
+  config.data.synthetic_records = 100_000  # Size of the synthetic shapes dataset (one epoch).
+  config.data.image_size = 256  # Images are resized to image_size x image_size RGB.
+  # Pixels per image token side. The lead wires this to the image tokenizer's config; for now
+  # tokens per image = (image_size // image_token_patch) ** 2 (256 for 256 px at 16, as MAR).
+  config.data.image_token_patch = 16
+  config.data.seq_len = 1024  # Tokens per row, text and image slots together.
+  config.data.batch_size = 256  # Global rows per step, split evenly over hosts.
+  config.data.generation_fraction = 0.5  # Share of records made generation sequences [ours].
+  config.data.caption_dropout = 0.1  # Generation captions dropped for CFG, as MAR drops labels [ours].
+  config.data.caption_loss = False  # Cross-entropy on generation captions too (answers always).
+  config.data.packing = False  # Pack several sequences per row (segment ids, restarted positions).
+  config.data.packing_bins = 8  # First-fit packing: rows filled at once.
+  config.data.num_workers = 8  # Grain worker processes decoding records; 0 decodes in-process.
+  config.data.worker_buffer_size = 4  # Records buffered per worker.
+  config.data.seed = 0  # Shuffling (a new order every epoch), task choice and caption dropout.
+  config.data.max_corrupt_fraction = 0.01  # Stop when more than this share of records is corrupt.
+  config.data.tokenizer = "demo"  # 'demo' (built from the synthetic grammar) or a dir/tokenizer.json.
   return config
 
 
@@ -129,6 +152,33 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   missing = {"batch", "embed", "vocab", "mlp", "heads", "kv_heads"} - rule_axes
   if missing:
     _fail("mesh.logical_axis_rules", "...", f"has no rule for logical axes {sorted(missing)}")
+  validate_data(config.data)
+
+
+def validate_data(d: ml_collections.ConfigDict) -> None:
+  """Checks config.data (the input pipeline's section)."""
+  if d.source not in DATA_SOURCES:
+    _fail("data.source", d.source, f"must be one of {DATA_SOURCES}")
+  if d.source == "manifest" and not d.manifest:
+    _fail("data.manifest", d.manifest, "must name a JSONL manifest when config.data.source='manifest'")
+  for field in ("image_size", "image_token_patch", "seq_len", "batch_size", "synthetic_records",
+                "packing_bins", "worker_buffer_size"):
+    if d[field] <= 0:
+      _fail(f"data.{field}", d[field], "must be positive")
+  if d.image_size % d.image_token_patch:
+    _fail("data.image_token_patch", d.image_token_patch, f"must divide config.data.image_size={d.image_size}")
+  tokens = (d.image_size // d.image_token_patch) ** 2
+  # The shortest sequence is <|im_start|> <boi> image <eoi> (generation, caption dropped) or
+  # <boi> image <eoi> answer <|im_end|>: image tokens + 3, plus one answer token.
+  if d.seq_len < tokens + 4:
+    _fail("data.seq_len", d.seq_len, f"cannot hold one image of {tokens} tokens plus its 4 text tokens")
+  for field in ("generation_fraction", "caption_dropout", "max_corrupt_fraction"):
+    if not 0.0 <= d[field] <= 1.0:
+      _fail(f"data.{field}", d[field], "must be in [0, 1]")
+  if d.num_workers < 0:
+    _fail("data.num_workers", d.num_workers, "must be >= 0 (0 decodes in the training process)")
+  if not d.tokenizer:
+    _fail("data.tokenizer", d.tokenizer, "must be 'demo' or a directory holding tokenizer.json")
 
 
 def head_dim(model_config) -> int:

@@ -1,0 +1,27 @@
+"""config.data validation names the field and the value."""
+
+from __future__ import annotations
+
+import pytest
+
+from mmar_jax import configs
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("source", "tfds", "config.data.source='tfds'"),
+    ("image_token_patch", 5, "config.data.image_token_patch=5 must divide config.data.image_size=32"),
+    ("seq_len", 19, "config.data.seq_len=19 cannot hold one image of 16 tokens"),
+    ("caption_dropout", 1.5, r"config.data.caption_dropout=1.5 must be in \[0, 1\]"),
+    ("num_workers", -1, "config.data.num_workers=-1"),
+])
+def test_bad_data_fields_fail_by_name(field, value, match):
+  config = configs.load_config("configs/demo.py")
+  config.unlock()
+  config.data[field] = value
+  with pytest.raises(configs.ConfigError, match=match):
+    configs.validate(config)
+
+
+def test_manifest_source_needs_a_manifest():
+  with pytest.raises(configs.ConfigError, match="config.data.manifest"):
+    configs.load_config("configs/demo.py", ["data.source=manifest"])
