@@ -42,6 +42,8 @@ def load_image(image, image_size: int) -> UInt8[np.ndarray, "s s 3"]:
 
 def decode_record(record: dict, image_size: int) -> dict:
   """The record with 'image' as pixels and its texts checked, or a corrupt marker."""
+  if "error" in record:  # The source could not even parse it.
+    return corrupt(record, record["error"])
   caption = (record.get("caption") or "").strip()
   qa = [(q.strip(), a.strip()) for q, a in (record.get("qa") or [])]
   if not caption and not any(a for _, a in qa):
@@ -50,7 +52,7 @@ def decode_record(record: dict, image_size: int) -> dict:
     return corrupt(record, "a question without an answer")
   try:
     image = load_image(record["image"], image_size)
-  except (OSError, ValueError, SyntaxError, KeyError) as e:  # PIL's errors for unreadable images
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL's ways to fail
     return corrupt(record, f"image unreadable: {type(e).__name__}: {e}")
   return {"image": image, "caption": caption, "qa": qa, "source": record.get("source", "?"),
           "index": int(record["index"])}
