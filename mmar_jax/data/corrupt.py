@@ -22,7 +22,7 @@ class CorruptDataError(RuntimeError):
   """More of the data than config.data.max_corrupt_fraction failed to decode."""
 
 
-class _SkipCorruptIterator(grain.DatasetIterator):
+class SkipCorruptIterator(grain.DatasetIterator):
   """Passes good elements, drops corrupt markers, raises past the limit."""
 
   def __init__(self, parent: grain.DatasetIterator, max_fraction: float, min_records: int):
@@ -69,8 +69,8 @@ class SkipCorruptIterDataset(grain.IterDataset):
     self._max_fraction = max_fraction
     self._min_records = min_records
 
-  def __iter__(self) -> _SkipCorruptIterator:
-    return _SkipCorruptIterator(self._parent.__iter__(), self._max_fraction, self._min_records)
+  def __iter__(self) -> SkipCorruptIterator:
+    return SkipCorruptIterator(self._parent.__iter__(), self._max_fraction, self._min_records)
 
   def __str__(self) -> str:
     return f"SkipCorruptIterDataset(max_fraction={self._max_fraction})"

@@ -37,7 +37,8 @@ from tokenizers import Tokenizer
 
 import grain
 from mmar_jax.data import decode, sequences, synthetic, text_tokenizer
-from mmar_jax.data.corrupt import SkipCorruptIterDataset, _SkipCorruptIterator
+from mmar_jax.data.manifest import ManifestSource
+from mmar_jax.data.corrupt import SkipCorruptIterDataset, SkipCorruptIterator
 
 BATCH_AXES = ("data", "fsdp")  # Mesh axes the batch dimension is split over.
 
@@ -72,7 +73,6 @@ def make_source(config: PipelineConfig) -> grain.sources.RandomAccessDataSource:
     return synthetic.SyntheticShapesSource(
         synthetic.SyntheticConfig(config.synthetic_records, config.image_size, seed=config.seed))
   if config.source == "manifest":
-    from mmar_jax.data.manifest import ManifestSource  # pylint: disable=import-outside-toplevel
     return ManifestSource(config.manifest)
   raise ValueError(f"config.data.source={config.source!r} is not a known source")
 
@@ -132,7 +132,7 @@ def build_dataset(config: PipelineConfig, tokenizer: Tokenizer, *, source=None, 
     ds = grain.experimental.FirstFitPackIterDataset(
         ds, length_struct=lengths, num_packing_bins=config.packing_bins, seed=config.seed, shuffle_bins=True,
         padding_struct=padding)
-    ds = ds.map(sequences.unpack_names)
+    ds = ds.map(sequences.packed_to_row)
   ds = ds.map(lambda row: sequences.finalize_row(row, seq))
   return ds.batch(host_batch_size(config, process_count), drop_remainder=True)
 
@@ -142,7 +142,7 @@ def corrupt_counts(iterator: grain.DatasetIterator) -> dict[str, int]:
   stack = [iterator]
   while stack:
     it = stack.pop()
-    if isinstance(it, _SkipCorruptIterator):
+    if isinstance(it, SkipCorruptIterator):
       return it.counts
     stack.extend(getattr(it, "_parents", ()))
   raise ValueError("the iterator has no corrupt-record stage; was it made by build_dataset?")

@@ -124,7 +124,7 @@ def pad_sequence(sequence: dict[str, np.ndarray], config: SequenceConfig, pad_id
   return row
 
 
-def unpack_names(packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def packed_to_row(packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Renames FirstFitPackIterDataset's output to the row format and drops what repeats."""
   row = {key: packed[key] for key in TOKEN_FEATURES + IMAGE_FEATURES}
   row["segment_ids"] = packed["input_ids_segment_ids"].astype(np.int32)

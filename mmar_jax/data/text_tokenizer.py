@@ -69,6 +69,14 @@ def load(spec: str) -> Tokenizer:
   return tokenizer
 
 
+def save(tokenizer: Tokenizer, directory: str) -> str:
+  """Writes directory/tokenizer.json (the demo's goes beside its checkpoint); returns the path."""
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, "tokenizer.json")
+  tokenizer.save(path)
+  return path
+
+
 def special_ids(tokenizer: Tokenizer) -> SpecialIds:
   """The special tokens' ids in a tokenizer that went through `add_special_tokens`."""
   ids = [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS]

@@ -48,6 +48,18 @@ def test_resumed_iterator_continues_exactly_with_workers(tmp_path):
   manager.close()
 
 
+def test_worker_count_does_not_change_the_batches():
+  # Everything many-to-one or stateful (corrupt skipping, packing) runs after the workers.
+  batches = {}
+  for workers in (0, 1):
+    it = iter(pipeline.build_dataset(pipeline_config("data.packing=True", f"data.num_workers={workers}"), TOK,
+                                     process_index=0, process_count=1))
+    batches[workers] = [next(it) for _ in range(2)]
+    it.close()
+  for a, b in zip(batches[0], batches[1]):
+    assert_batches_equal(a, b)
+
+
 def test_two_hosts_see_disjoint_records_covering_the_data():
   pc = pipeline_config("data.packing=False", "data.num_workers=0")
   per_host = {}

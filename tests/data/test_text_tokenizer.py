@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from mmar_jax import configs
 from mmar_jax.data import synthetic, text_tokenizer
 
 
@@ -15,8 +16,7 @@ def test_demo_tokenizer_round_trips_the_grammar(tmp_path):
     ids = tok.encode(text).ids
     assert tok.token_to_id(text_tokenizer.UNK) not in ids, text
     assert tok.decode(ids).replace(" ?", "?").replace(" .", ".") == text
-  path = tmp_path / "tokenizer.json"
-  tok.save(str(path))
+  assert text_tokenizer.save(tok, str(tmp_path)) == str(tmp_path / "tokenizer.json")
   again = text_tokenizer.load(str(tmp_path))
   assert again.get_vocab(with_added_tokens=True) == tok.get_vocab(with_added_tokens=True)
   assert text_tokenizer.special_ids(again) == text_tokenizer.special_ids(tok)
@@ -37,6 +37,11 @@ def test_special_tokens_added_once_and_atomic(tmp_path):
   assert tok.get_vocab_size(with_added_tokens=True) == 9
   # Special tokens stay single tokens inside text.
   assert tok.encode("hello<boi>world").ids == [1, ids.boi, 2]
+
+
+def test_demo_config_vocab_covers_the_demo_tokenizer():
+  config = configs.load_config("configs/demo.py")
+  text_tokenizer.check_vocab_size(text_tokenizer.load(config.data.tokenizer), config.model.vocab_size)
 
 
 def test_vocab_size_check_names_both_sizes(tmp_path):
