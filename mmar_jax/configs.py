@@ -23,7 +23,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 MESH_AXES = ("data", "fsdp", "tensor")
-DATA_SOURCES = ("synthetic", "manifest")
+DATA_SOURCES = ("synthetic", "manifest", "tfds")
 
 # Logical axis -> mesh axis (or axes). One table decides every sharding: parameters and
 # activations name logical axes only. flax skips a mesh axis that an earlier dimension of the
@@ -80,6 +80,14 @@ def base_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.source = "synthetic"  # One of DATA_SOURCES.
   config.data.manifest = ""  # JSONL manifest for source='manifest'; image paths relative to it.
+  # source='tfds': a dataset the user prepared in array_record format; nothing downloads.
+  config.data.tfds_name = ""
+  config.data.tfds_split = "train"
+  config.data.tfds_data_dir = ""  # '' = tfds's default directory.
+  config.data.tfds_image_key = "image"  # Feature with pixels or encoded image bytes.
+  config.data.tfds_caption_key = "caption"  # '' when the dataset has no captions.
+  config.data.tfds_question_key = ""  # Set both to read question / answer pairs.
+  config.data.tfds_answer_key = ""
   config.data.synthetic_records = 100_000  # Size of the synthetic shapes dataset (one epoch).
   config.data.image_size = 256  # Images are resized to image_size x image_size RGB.
   # Pixels per image token side. The lead wires this to the image tokenizer's config; for now
@@ -161,6 +169,11 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
     _fail("data.source", d.source, f"must be one of {DATA_SOURCES}")
   if d.source == "manifest" and not d.manifest:
     _fail("data.manifest", d.manifest, "must name a JSONL manifest when config.data.source='manifest'")
+  if d.source == "tfds" and not d.tfds_name:
+    _fail("data.tfds_name", d.tfds_name, "must name a prepared TFDS dataset when config.data.source='tfds'")
+  if bool(d.tfds_question_key) != bool(d.tfds_answer_key):
+    _fail("data.tfds_answer_key", d.tfds_answer_key, f"and config.data.tfds_question_key="
+          f"{d.tfds_question_key!r} must be set together")
   for field in ("image_size", "image_token_patch", "seq_len", "batch_size", "synthetic_records",
                 "packing_bins", "worker_buffer_size"):
     if d[field] <= 0:

@@ -38,6 +38,7 @@ from tokenizers import Tokenizer
 import grain
 from mmar_jax.data import decode, sequences, synthetic, text_tokenizer
 from mmar_jax.data.manifest import ManifestSource
+from mmar_jax.data.tfds_source import TfdsConfig, TfdsSource
 from mmar_jax.data.corrupt import SkipCorruptIterDataset, SkipCorruptIterator
 
 BATCH_AXES = ("data", "fsdp")  # Mesh axes the batch dimension is split over.
@@ -57,6 +58,7 @@ class PipelineConfig:
   seed: int
   max_corrupt_fraction: float
   sequence: sequences.SequenceConfig
+  tfds: TfdsConfig | None = None
 
   @classmethod
   def from_data_config(cls, d) -> PipelineConfig:
@@ -64,7 +66,10 @@ class PipelineConfig:
                image_size=d.image_size, batch_size=d.batch_size, num_workers=d.num_workers,
                worker_buffer_size=d.worker_buffer_size, packing_bins=d.packing_bins, seed=d.seed,
                max_corrupt_fraction=d.max_corrupt_fraction,
-               sequence=sequences.SequenceConfig.from_data_config(d))
+               sequence=sequences.SequenceConfig.from_data_config(d),
+               tfds=TfdsConfig(name=d.tfds_name, split=d.tfds_split, data_dir=d.tfds_data_dir,
+                               image_key=d.tfds_image_key, caption_key=d.tfds_caption_key,
+                               question_key=d.tfds_question_key, answer_key=d.tfds_answer_key))
 
 
 def make_source(config: PipelineConfig) -> grain.sources.RandomAccessDataSource:
@@ -74,6 +79,8 @@ def make_source(config: PipelineConfig) -> grain.sources.RandomAccessDataSource:
         synthetic.SyntheticConfig(config.synthetic_records, config.image_size, seed=config.seed))
   if config.source == "manifest":
     return ManifestSource(config.manifest)
+  if config.source == "tfds":
+    return TfdsSource(config.tfds)
   raise ValueError(f"config.data.source={config.source!r} is not a known source")
 
 

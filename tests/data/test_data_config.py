@@ -8,7 +8,7 @@ from mmar_jax import configs
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("source", "tfds", "config.data.source='tfds'"),
+    ("source", "webdataset", "config.data.source='webdataset'"),
     ("image_token_patch", 5, "config.data.image_token_patch=5 must divide config.data.image_size=32"),
     ("seq_len", 19, "config.data.seq_len=19 cannot hold one image of 16 tokens"),
     ("caption_dropout", 1.5, r"config.data.caption_dropout=1.5 must be in \[0, 1\]"),
@@ -25,3 +25,10 @@ def test_bad_data_fields_fail_by_name(field, value, match):
 def test_manifest_source_needs_a_manifest():
   with pytest.raises(configs.ConfigError, match="config.data.manifest"):
     configs.load_config("configs/demo.py", ["data.source=manifest"])
+
+
+def test_tfds_source_needs_a_name_and_paired_keys():
+  with pytest.raises(configs.ConfigError, match="config.data.tfds_name"):
+    configs.load_config("configs/demo.py", ["data.source=tfds"])
+  with pytest.raises(configs.ConfigError, match="config.data.tfds_answer_key"):
+    configs.load_config("configs/demo.py", ["data.source=tfds", "data.tfds_name=x", "data.tfds_question_key=q"])
