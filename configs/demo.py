@@ -19,9 +19,16 @@ def get_config():
   config.head.width = 128
   config.head.dtype = "float32"  # As the backbone: CPUs gain nothing from bfloat16.
   config.diffusion.num_sampling_steps = 50
-  # Lossless pixel patches: the demo needs no pretrained VAE. 32x32 images, 4x4 patches -> 64 tokens of 48.
+  # Lossless pixel patches: the demo needs no pretrained VAE. 32x32 images, 8x8 patches -> 16 tokens of 192.
   config.tokenizer.kind = "patch"
   config.tokenizer.image_size = 32
-  config.tokenizer.patch_size = 4
+  config.tokenizer.patch_size = 8
   config.tokenizer.dtype = "float32"
+  config.data.source = "synthetic"
+  config.data.synthetic_records = 10_000
+  config.data.seq_len = 128
+  config.data.batch_size = 16
+  config.data.packing = True
+  config.data.num_workers = 1
+  config.data.tokenizer = "demo"
   return config

@@ -28,6 +28,7 @@ PREDICTIONS = ("v", "eps", "x0")
 SAMPLERS = ("ddpm", "ddim")
 CFG_SCHEDULES = ("linear", "constant")
 TOKENIZER_KINDS = ("patch", "kl16")
+DATA_SOURCES = ("synthetic", "manifest", "tfds")
 
 # Logical axis -> mesh axis (or axes). One table decides every sharding: parameters and
 # activations name logical axes only. flax skips a mesh axis that an earlier dimension of the
@@ -124,6 +125,32 @@ def base_config() -> ml_collections.ConfigDict:
   config.mesh.fsdp = 1
   config.mesh.tensor = 1
   config.mesh.logical_axis_rules = DEFAULT_LOGICAL_AXIS_RULES
+
+  # The input pipeline (mmar_jax/data): source, task sequences, batching, workers.
+  config.data = ml_collections.ConfigDict()
+  config.data.source = "synthetic"  # One of DATA_SOURCES.
+  config.data.manifest = ""  # JSONL manifest for source='manifest'; image paths relative to it.
+  # source='tfds': a dataset the user prepared in array_record format; nothing downloads.
+  config.data.tfds_name = ""
+  config.data.tfds_split = "train"
+  config.data.tfds_data_dir = ""  # '' = tfds's default directory.
+  config.data.tfds_image_key = "image"  # Feature with pixels or encoded image bytes.
+  config.data.tfds_caption_key = "caption"  # '' when the dataset has no captions.
+  config.data.tfds_question_key = ""  # Set both to read question / answer pairs.
+  config.data.tfds_answer_key = ""
+  config.data.synthetic_records = 100_000  # Size of the synthetic shapes dataset (one epoch).
+  config.data.seq_len = 1024  # Tokens per row, text and image slots together.
+  config.data.batch_size = 256  # Global rows per step, split evenly over hosts.
+  config.data.generation_fraction = 0.5  # Share of records made generation sequences [ours].
+  config.data.caption_dropout = 0.1  # Generation captions dropped for CFG, as MAR drops labels [ours].
+  config.data.caption_loss = False  # Cross-entropy on generation captions too (answers always).
+  config.data.packing = False  # Pack several sequences per row (segment ids, restarted positions).
+  config.data.packing_bins = 8  # First-fit packing: rows filled at once.
+  config.data.num_workers = 8  # Grain worker processes decoding records; 0 decodes in-process.
+  config.data.worker_buffer_size = 4  # Records buffered per worker.
+  config.data.seed = 0  # Shuffling (a new order every epoch), task choice and caption dropout.
+  config.data.max_corrupt_fraction = 0.01  # Stop when more than this share of records is corrupt.
+  config.data.tokenizer = "demo"  # 'demo' (built from the synthetic grammar) or a dir/tokenizer.json.
   return config
 
 
@@ -182,6 +209,40 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   missing = {"batch", "embed", "vocab", "mlp", "heads", "kv_heads"} - rule_axes
   if missing:
     _fail("mesh.logical_axis_rules", "...", f"has no rule for logical axes {sorted(missing)}")
+  validate_data(config)
+
+
+def validate_data(config: ml_collections.ConfigDict) -> None:
+  """Checks config.data (the input pipeline's section) against config.tokenizer."""
+  d = config.data
+  if d.source not in DATA_SOURCES:
+    _fail("data.source", d.source, f"must be one of {DATA_SOURCES}")
+  if d.source == "manifest" and not d.manifest:
+    _fail("data.manifest", d.manifest, "must name a JSONL manifest when config.data.source='manifest'")
+  if d.source == "tfds" and not d.tfds_name:
+    _fail("data.tfds_name", d.tfds_name, "must name a prepared TFDS dataset when config.data.source='tfds'")
+  if bool(d.tfds_question_key) != bool(d.tfds_answer_key):
+    _fail("data.tfds_answer_key", d.tfds_answer_key, f"and config.data.tfds_question_key="
+          f"{d.tfds_question_key!r} must be set together")
+  for field in ("seq_len", "batch_size", "synthetic_records",
+                "packing_bins", "worker_buffer_size"):
+    if d[field] <= 0:
+      _fail(f"data.{field}", d[field], "must be positive")
+  # Images are resized to config.tokenizer.image_size; the tokenizer alone says how many tokens
+  # an image becomes. Imported here: tokenizers import jax, configs must stay importable alone.
+  from mmar_jax.models.tokenizers import num_image_tokens
+  tokens = num_image_tokens(config)
+  # The shortest sequence is <|im_start|> <boi> image <eoi> (generation, caption dropped) or
+  # <boi> image <eoi> answer <|im_end|>: image tokens + 3, plus one answer token.
+  if d.seq_len < tokens + 4:
+    _fail("data.seq_len", d.seq_len, f"cannot hold one image of {tokens} tokens plus its 4 text tokens")
+  for field in ("generation_fraction", "caption_dropout", "max_corrupt_fraction"):
+    if not 0.0 <= d[field] <= 1.0:
+      _fail(f"data.{field}", d[field], "must be in [0, 1]")
+  if d.num_workers < 0:
+    _fail("data.num_workers", d.num_workers, "must be >= 0 (0 decodes in the training process)")
+  if not d.tokenizer:
+    _fail("data.tokenizer", d.tokenizer, "must be 'demo' or a directory holding tokenizer.json")
 
 
 def _validate_head(h: ml_collections.ConfigDict) -> None:

@@ -213,6 +213,11 @@ class KLVAE(ImageTokenizer):
     return self.module.apply({"params": params}, self.tokens_to_latents(tokens), method=kl_vae.AutoencoderKL.decode)
 
 
+def num_image_tokens(config) -> int:
+  """N, the tokens of one image under `config.tokenizer`: the one place the count is derived."""
+  return make_tokenizer(TokenizerConfig.from_config(config.tokenizer)).num_tokens
+
+
 def make_tokenizer(config: TokenizerConfig) -> ImageTokenizer:
   """The tokenizer `config.kind` names."""
   if config.kind == "patch":

@@ -1,0 +1,58 @@
+"""Decoding a source record into pixels and texts, or into a `corrupt` marker saying why not.
+
+Runs in grain's worker processes. A failure never raises here: the record becomes a marker
+({'corrupt': reason, 'source', 'index'}) that `SkipCorrupt` (pipeline.py) counts and logs in
+the training process, where the count can stop the run.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from jaxtyping import UInt8
+from PIL import Image
+
+
+def corrupt(record: dict, reason: str) -> dict:
+  """The marker that stands in for a record that could not be decoded."""
+  return {"corrupt": reason, "source": str(record.get("source", "?")), "index": int(record.get("index", -1))}
+
+
+def load_image(image, image_size: int) -> UInt8[np.ndarray, "s s 3"]:
+  """An RGB uint8 array of image_size x image_size from an array, encoded bytes or a file path.
+
+  Non-square images are centre-cropped to a square, then resized (bicubic), as MAR does.
+  """
+  if isinstance(image, np.ndarray) and image.shape == (image_size, image_size, 3) and image.dtype == np.uint8:
+    return image  # Already pixels of the right size (the synthetic source).
+  if isinstance(image, np.ndarray):
+    pil = Image.fromarray(image)
+  elif isinstance(image, bytes):
+    pil = Image.open(io.BytesIO(image))
+  else:
+    pil = Image.open(image)
+  pil = pil.convert("RGB")  # Forces the full decode, so truncated files fail here.
+  w, h = pil.size
+  side = min(w, h)
+  left, top = (w - side) // 2, (h - side) // 2
+  pil = pil.crop((left, top, left + side, top + side)).resize((image_size, image_size), Image.BICUBIC)
+  return np.asarray(pil, np.uint8)
+
+
+def decode_record(record: dict, image_size: int) -> dict:
+  """The record with 'image' as pixels and its texts checked, or a corrupt marker."""
+  if "error" in record:  # The source could not even parse it.
+    return corrupt(record, record["error"])
+  caption = (record.get("caption") or "").strip()
+  qa = [(q.strip(), a.strip()) for q, a in (record.get("qa") or [])]
+  if not caption and not any(a for _, a in qa):
+    return corrupt(record, "no caption and no answer")
+  if any(not a for _, a in qa):
+    return corrupt(record, "a question without an answer")
+  try:
+    image = load_image(record["image"], image_size)
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL's ways to fail
+    return corrupt(record, f"image unreadable: {type(e).__name__}: {e}")
+  return {"image": image, "caption": caption, "qa": qa, "source": record.get("source", "?"),
+          "index": int(record["index"])}

@@ -1,0 +1,167 @@
+"""The grain input pipeline: source -> shuffled host shard -> task sequences in workers -> rows -> batches.
+
+Per host (`process_index` of `process_count`):
+  MapDataset.source -> seed -> shuffle (a new order each epoch) -> this host's slice -> repeat ->
+  random_map(decode + task sequence) -> to_iter_dataset -> mp_prefetch (worker processes) ->
+  skip corrupt -> pack (FirstFit) or pad -> row -> batch(batch_size // process_count)
+Everything after the workers is cheap numpy and stateful only through grain iterators, so the
+iterator's state (grain.checkpoint.CheckpointSave / CheckpointRestore in an Orbax checkpoint)
+resumes the exact batch sequence, whatever the number of workers.
+
+The batch dict (host-local numpy; `to_global` makes jax.Arrays over the mesh's data axes):
+  input_ids        [B, L] int32    token ids; image slots hold <mask>, padding <|endoftext|>
+  targets          [B, L] int32    next token within the sequence (padding id at a sequence's end)
+  text_loss_mask   [B, L] float32  1 where targets get cross-entropy: answers (+ <|im_end|>) of
+                                   understanding, captions (+ <boi>) of generation if caption_loss
+  diffusion_loss_mask [B, L] float32  1 on the image slots of generation images
+  token_type       [B, L] int32    0 text, 1 image slot
+  segment_ids      [B, L] int32    1.. per packed sequence, 0 padding (masks.causal_segment_mask)
+  positions        [B, L] int32    position within its sequence, restarting at 0 per segment
+  images           [B, M, H, W, 3] uint8  the row's images in sequence order (zeros when invalid)
+  image_valid      [B, M] bool
+  image_slots      [B, M, N] int32 sequence positions of each image's N tokens (0 when invalid)
+  image_task       [B, M] int32    0 understanding (image in), 1 generation (image out)
+  record_index     [B, M] int32    source index of each image's record (-1 invalid), to look up labels
+with L = seq_len, N = num_image_tokens, M = 1 unpacked or seq_len // (N + 4) packed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from absl import flags
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tokenizers import Tokenizer
+
+import grain
+from mmar_jax.data import decode, sequences, synthetic, text_tokenizer
+from mmar_jax.data.manifest import ManifestSource
+from mmar_jax.data.tfds_source import TfdsConfig, TfdsSource
+from mmar_jax.data.corrupt import SkipCorruptIterDataset, SkipCorruptIterator
+
+BATCH_AXES = ("data", "fsdp")  # Mesh axes the batch dimension is split over.
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  """What the pipeline needs (from config.data)."""
+  source: str
+  manifest: str
+  synthetic_records: int
+  image_size: int
+  batch_size: int  # global
+  num_workers: int
+  worker_buffer_size: int
+  packing_bins: int
+  seed: int
+  max_corrupt_fraction: float
+  sequence: sequences.SequenceConfig
+  tfds: TfdsConfig | None = None
+
+  @classmethod
+  def from_config(cls, config) -> PipelineConfig:
+    d = config.data
+    return cls(source=d.source, manifest=d.manifest, synthetic_records=d.synthetic_records,
+               image_size=config.tokenizer.image_size, batch_size=d.batch_size, num_workers=d.num_workers,
+               worker_buffer_size=d.worker_buffer_size, packing_bins=d.packing_bins, seed=d.seed,
+               max_corrupt_fraction=d.max_corrupt_fraction,
+               sequence=sequences.SequenceConfig.from_config(config),
+               tfds=TfdsConfig(name=d.tfds_name, split=d.tfds_split, data_dir=d.tfds_data_dir,
+                               image_key=d.tfds_image_key, caption_key=d.tfds_caption_key,
+                               question_key=d.tfds_question_key, answer_key=d.tfds_answer_key))
+
+
+def make_source(config: PipelineConfig) -> grain.sources.RandomAccessDataSource:
+  """The random-access source named by config.data.source."""
+  if config.source == "synthetic":
+    return synthetic.SyntheticShapesSource(
+        synthetic.SyntheticConfig(config.synthetic_records, config.image_size, seed=config.seed))
+  if config.source == "manifest":
+    return ManifestSource(config.manifest)
+  if config.source == "tfds":
+    return TfdsSource(config.tfds)
+  raise ValueError(f"config.data.source={config.source!r} is not a known source")
+
+
+class RecordToSequence(grain.transforms.RandomMap):
+  """Decodes a record and builds its task sequence (a padded row unless packing); runs in workers."""
+
+  def __init__(self, config: PipelineConfig, tokenizer: Tokenizer):
+    self._config = config
+    self._tokenizer = tokenizer
+    self._ids = text_tokenizer.special_ids(tokenizer)
+
+  def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+    record = decode.decode_record(element, self._config.image_size)
+    if "corrupt" in record:
+      return record
+    seq = sequences.build_sequence(record, rng, self._config.sequence, self._tokenizer, self._ids)
+    if self._config.sequence.packing:
+      return seq
+    return sequences.pad_sequence(seq, self._config.sequence, self._ids.pad)
+
+
+def host_batch_size(config: PipelineConfig, process_count: int) -> int:
+  if config.batch_size % process_count:
+    raise ValueError(f"config.data.batch_size={config.batch_size} must divide evenly over {process_count} hosts")
+  return config.batch_size // process_count
+
+
+def build_dataset(config: PipelineConfig, tokenizer: Tokenizer, *, source=None, process_index: int | None = None,
+                  process_count: int | None = None) -> grain.IterDataset:
+  """This host's infinite stream of batches (numpy dicts, see the module docstring).
+
+  `process_index` / `process_count` default to jax's; tests pass them to simulate hosts.
+  """
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  source = make_source(config) if source is None else source
+  seq = config.sequence
+  pad_id = text_tokenizer.special_ids(tokenizer).pad
+  # Shuffle before slicing: every host draws the same permutation per epoch and takes its own
+  # stride of it, so hosts are disjoint within an epoch and together cover it.
+  ds = grain.MapDataset.source(source).seed(config.seed).shuffle()
+  ds = ds[process_index::process_count].repeat(None)  # Reseeds the shuffle every epoch.
+  ds = ds.random_map(RecordToSequence(config, tokenizer)).to_iter_dataset()
+  if config.num_workers > 0:
+    # Grain reads its absl flags when it starts workers; outside an absl app (tests, notebooks,
+    # benchmarks) nobody parsed them, so parse the defaults.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS(["mmar-jax"], known_only=True)
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers,
+                                                     per_worker_buffer_size=config.worker_buffer_size))
+  ds = SkipCorruptIterDataset(ds, config.max_corrupt_fraction)
+  if seq.packing:
+    lengths = {key: seq.seq_len for key in sequences.TOKEN_FEATURES}
+    lengths.update({key: seq.max_images for key in sequences.IMAGE_FEATURES})
+    padding = {key: 0 for key in lengths} | {"input_ids": pad_id, "targets": pad_id}
+    ds = grain.experimental.FirstFitPackIterDataset(
+        ds, length_struct=lengths, num_packing_bins=config.packing_bins, seed=config.seed, shuffle_bins=True,
+        padding_struct=padding)
+    ds = ds.map(sequences.packed_to_row)
+  ds = ds.map(lambda row: sequences.finalize_row(row, seq))
+  return ds.batch(host_batch_size(config, process_count), drop_remainder=True)
+
+
+def corrupt_counts(iterator: grain.DatasetIterator) -> dict[str, int]:
+  """{'seen', 'corrupt'} records of this host so far, read from the pipeline's skip stage."""
+  stack = [iterator]
+  while stack:
+    it = stack.pop()
+    if isinstance(it, SkipCorruptIterator):
+      return it.counts
+    stack.extend(getattr(it, "_parents", ()))
+  raise ValueError("the iterator has no corrupt-record stage; was it made by build_dataset?")
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Batch dimension over ('data', 'fsdp'); every other dimension whole."""
+  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Host-local batches from every host -> global jax.Arrays, batch split over the data axes."""
+  sharding = batch_sharding(mesh)
+  return {key: jax.make_array_from_process_local_data(sharding, value) for key, value in batch.items()}

@@ -1,0 +1,144 @@
+"""Task sequences (generation / understanding) from decoded records, and fixed-length rows.
+
+Layouts [MMAR.md, task sequences], with N image slots per image:
+  generation     <|im_start|> caption <boi> [N slots] <eoi>
+  understanding  <boi> [N slots] <eoi> question answer <|im_end|>
+Image slots hold the `<mask>` id in `input_ids` (the model puts image embeddings there) and
+`token_type` 1. One record becomes one sequence; rows hold one padded sequence or several packed
+ones (packing itself is grain's FirstFitPackIterDataset, see pipeline.py); `finalize_row` turns
+either into the row format of the batch dict documented in pipeline.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from mmar_jax.data.text_tokenizer import SpecialIds
+from mmar_jax.models import tokenizers
+
+UNDERSTANDING, GENERATION = 0, 1  # image_task values
+TEXT, IMAGE = 0, 1  # token_type values
+# Per-sequence features, packed along their first axis; row features with length seq_len.
+TOKEN_FEATURES = ("input_ids", "targets", "text_loss_mask", "diffusion_loss_mask", "token_type")
+IMAGE_FEATURES = ("images", "image_task", "record_index")
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceConfig:
+  """What building task sequences needs (config.data, and N from config.tokenizer)."""
+  seq_len: int
+  image_tokens: int
+  generation_fraction: float
+  caption_dropout: float
+  caption_loss: bool
+  packing: bool
+
+  @classmethod
+  def from_config(cls, config) -> SequenceConfig:
+    d = config.data
+    return cls(seq_len=d.seq_len, image_tokens=tokenizers.num_image_tokens(config),
+               generation_fraction=d.generation_fraction,
+               caption_dropout=d.caption_dropout, caption_loss=d.caption_loss, packing=d.packing)
+
+  @property
+  def max_images(self) -> int:
+    """Images a row can hold: 1 unpacked; packed, as many shortest sequences (N + 4 tokens) as fit."""
+    return self.seq_len // (self.image_tokens + 4) if self.packing else 1
+
+
+def _encode(tokenizer: Tokenizer, text: str) -> list[int]:
+  return tokenizer.encode(text, add_special_tokens=False).ids if text else []
+
+
+def build_sequence(record: dict, rng: np.random.Generator, config: SequenceConfig, tokenizer: Tokenizer,
+                   ids: SpecialIds) -> dict[str, np.ndarray]:
+  """One task sequence from a decoded record ({'image', 'caption', 'qa', 'index'}).
+
+  The task is generation with probability `generation_fraction` when the record has a caption,
+  else understanding on one question / answer pair drawn from 'qa' (a caption-only record is
+  understood as an empty prompt answered by its caption). Text is cut at the end so the sequence
+  fits seq_len.
+  """
+  n = config.image_tokens
+  room = config.seq_len - n - 3  # Text tokens a sequence can hold besides its 3 fixed ones.
+  has_caption = bool(record.get("caption"))
+  pairs = list(record.get("qa") or []) or [("", record["caption"])]
+  generation = has_caption and rng.random() < config.generation_fraction
+  slots = [ids.mask] * n
+  if generation:
+    caption = [] if rng.random() < config.caption_dropout else _encode(tokenizer, record["caption"])[:room]
+    tokens = [ids.im_start] + caption + [ids.boi] + slots + [ids.eoi]
+    image_start = len(caption) + 2
+    # CE on the tokens predicted from <|im_start|> up to and including <boi>, if asked and kept.
+    loss_targets = range(1, len(caption) + 2) if config.caption_loss and caption else range(0)
+  else:
+    question, answer = pairs[int(rng.integers(len(pairs)))]
+    q = _encode(tokenizer, question)
+    a = _encode(tokenizer, answer)
+    q, a = q[:room - 1], a[:max(1, room - len(q))]  # The question yields room before the answer does.
+    tokens = [ids.boi] + slots + [ids.eoi] + q + a + [ids.im_end]
+    image_start = 1
+    # CE on the answer and the <|im_end|> that closes it.
+    loss_targets = range(len(tokens) - len(a) - 1, len(tokens))
+  length = len(tokens)
+  input_ids = np.asarray(tokens, np.int32)
+  targets = np.append(input_ids[1:], ids.pad).astype(np.int32)
+  text_loss_mask = np.zeros(length, np.float32)
+  text_loss_mask[[t - 1 for t in loss_targets]] = 1.0
+  token_type = np.zeros(length, np.int32)
+  token_type[image_start:image_start + n] = IMAGE
+  return {
+      "input_ids": input_ids,
+      "targets": targets,
+      "text_loss_mask": text_loss_mask,
+      "diffusion_loss_mask": token_type.astype(np.float32) * float(generation),
+      "token_type": token_type,
+      "images": record["image"][None],
+      "image_task": np.asarray([GENERATION if generation else UNDERSTANDING], np.int32),
+      "record_index": np.asarray([record["index"]], np.int32),
+  }
+
+
+def pad_sequence(sequence: dict[str, np.ndarray], config: SequenceConfig, pad_id: int) -> dict[str, np.ndarray]:
+  """One sequence as a row: padded to seq_len, segment id 1, positions 0..len-1 (0 on padding)."""
+  length = len(sequence["input_ids"])
+  row = {}
+  for key in TOKEN_FEATURES:
+    fill = pad_id if key in ("input_ids", "targets") else 0
+    row[key] = np.full(config.seq_len, fill, sequence[key].dtype)
+    row[key][:length] = sequence[key]
+  row["segment_ids"] = (np.arange(config.seq_len) < length).astype(np.int32)
+  row["positions"] = np.where(row["segment_ids"] > 0, np.arange(config.seq_len), 0).astype(np.int32)
+  for key in IMAGE_FEATURES:
+    row[key] = sequence[key]
+  row["image_valid"] = np.ones(1, bool)
+  return row
+
+
+def packed_to_row(packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Renames FirstFitPackIterDataset's output to the row format and drops what repeats."""
+  row = {key: packed[key] for key in TOKEN_FEATURES + IMAGE_FEATURES}
+  row["segment_ids"] = packed["input_ids_segment_ids"].astype(np.int32)
+  row["positions"] = packed["input_ids_positions"].astype(np.int32)
+  row["image_valid"] = packed["images_segment_ids"] > 0
+  return row
+
+
+def finalize_row(row: dict[str, np.ndarray], config: SequenceConfig) -> dict[str, np.ndarray]:
+  """Adds `image_slots` (sequence positions of each image's N tokens) and blanks padded images."""
+  n, m = config.image_tokens, config.max_images
+  slot_positions = np.flatnonzero(row["token_type"] == IMAGE).astype(np.int32)
+  count = len(slot_positions) // n
+  valid = row["image_valid"]
+  if count != int(valid.sum()):
+    raise ValueError(f"row has {len(slot_positions)} image slots for {int(valid.sum())} images of {n} tokens")
+  image_slots = np.zeros((m, n), np.int32)
+  image_slots[:count] = slot_positions.reshape(count, n)  # Images are in sequence order, slots contiguous.
+  out = dict(row)
+  out["image_slots"] = image_slots
+  out["image_valid"] = valid.astype(bool)
+  out["record_index"] = np.where(valid, row["record_index"], -1).astype(np.int32)
+  return out

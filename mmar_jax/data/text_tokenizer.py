@@ -1,0 +1,94 @@
+"""Text tokenizers (Hugging Face `tokenizers`) with MMAR's special tokens added in one place.
+
+Real configs load the Qwen2 tokenizer from a model directory's tokenizer.json; the demo builds a
+WordLevel tokenizer from the synthetic grammar's words and saves it as tokenizer.json beside the
+checkpoint. Either way `add_special_tokens` is the only place the special tokens are added.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from mmar_jax.data import synthetic
+
+# Qwen2's own control tokens (already in its tokenizer.json, so adding them is a no-op there)
+# and MMAR's new ones, whose embeddings are new rows [MMAR.md, task sequences].
+PAD = "<|endoftext|>"  # Qwen2 pads and ends documents with it.
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+BOI = "<boi>"
+EOI = "<eoi>"
+MASK = "<mask>"
+SPECIAL_TOKENS = (PAD, IM_START, IM_END, BOI, EOI, MASK)
+UNK = "[UNK]"  # Demo tokenizer only: a word outside the synthetic grammar.
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecialIds:
+  """Ids of the special tokens that task sequences use."""
+  pad: int
+  im_start: int
+  im_end: int
+  boi: int
+  eoi: int
+  mask: int
+
+
+def add_special_tokens(tokenizer: Tokenizer) -> SpecialIds:
+  """Adds MMAR's special tokens (those missing) and returns their ids."""
+  tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
+  ids = [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS]
+  return SpecialIds(*ids)
+
+
+def build_demo_tokenizer() -> Tokenizer:
+  """A WordLevel tokenizer over the synthetic grammar's words, special tokens included."""
+  vocab = {UNK: 0}
+  for word in synthetic.vocabulary():
+    vocab[word] = len(vocab)
+  tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+  # Splits words from punctuation: "circle?" -> "circle", "?".
+  tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+  add_special_tokens(tokenizer)
+  return tokenizer
+
+
+def load(spec: str) -> Tokenizer:
+  """'demo', a tokenizer.json path, or a model directory holding tokenizer.json; special tokens added."""
+  if spec == "demo":
+    return build_demo_tokenizer()
+  path = os.path.join(spec, "tokenizer.json") if os.path.isdir(spec) else spec
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config.data.tokenizer={spec!r}: no tokenizer.json at {path} (give 'demo', a "
+                            "model directory with tokenizer.json, or the file itself)")
+  tokenizer = Tokenizer.from_file(path)
+  add_special_tokens(tokenizer)
+  return tokenizer
+
+
+def save(tokenizer: Tokenizer, directory: str) -> str:
+  """Writes directory/tokenizer.json (the demo's goes beside its checkpoint); returns the path."""
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, "tokenizer.json")
+  tokenizer.save(path)
+  return path
+
+
+def special_ids(tokenizer: Tokenizer) -> SpecialIds:
+  """The special tokens' ids in a tokenizer that went through `add_special_tokens`."""
+  ids = [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS]
+  missing = [t for t, i in zip(SPECIAL_TOKENS, ids) if i is None]
+  if missing:
+    raise ValueError(f"tokenizer lacks special tokens {missing}; load it through text_tokenizer.load")
+  return SpecialIds(*ids)
+
+
+def check_vocab_size(tokenizer: Tokenizer, vocab_size: int) -> None:
+  """Fails unless the model's embedding table (config.model.vocab_size) covers every token id."""
+  size = tokenizer.get_vocab_size(with_added_tokens=True)
+  if vocab_size < size:
+    raise ValueError(f"config.model.vocab_size={vocab_size} is smaller than the tokenizer's vocabulary "
+                     f"size {size} (special tokens included); raise config.model.vocab_size to >= {size}")

@@ -1,0 +1,33 @@
+"""config.data validation names the field and the value."""
+
+from __future__ import annotations
+
+import pytest
+
+from mmar_jax import configs
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("source", "webdataset", "config.data.source='webdataset'"),
+    ("seq_len", 19, "config.data.seq_len=19 cannot hold one image of 16 tokens"),
+    ("caption_dropout", 1.5, r"config.data.caption_dropout=1.5 must be in \[0, 1\]"),
+    ("num_workers", -1, "config.data.num_workers=-1"),
+])
+def test_bad_data_fields_fail_by_name(field, value, match):
+  config = configs.load_config("configs/demo.py")
+  config.unlock()
+  config.data[field] = value
+  with pytest.raises(configs.ConfigError, match=match):
+    configs.validate(config)
+
+
+def test_manifest_source_needs_a_manifest():
+  with pytest.raises(configs.ConfigError, match="config.data.manifest"):
+    configs.load_config("configs/demo.py", ["data.source=manifest"])
+
+
+def test_tfds_source_needs_a_name_and_paired_keys():
+  with pytest.raises(configs.ConfigError, match="config.data.tfds_name"):
+    configs.load_config("configs/demo.py", ["data.source=tfds"])
+  with pytest.raises(configs.ConfigError, match="config.data.tfds_answer_key"):
+    configs.load_config("configs/demo.py", ["data.source=tfds", "data.tfds_name=x", "data.tfds_question_key=q"])

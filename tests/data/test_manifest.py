@@ -1,0 +1,127 @@
+"""Manifest sources round-trip a small dataset the test writes; corrupt records are skipped and counted."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmar_jax import configs
+from mmar_jax.data import corrupt, decode, pipeline, synthetic, text_tokenizer
+from mmar_jax.data.manifest import ManifestSource
+
+TOK = text_tokenizer.build_demo_tokenizer()
+
+
+def write_images(root, count):
+  """Synthetic records saved as PNGs under root/images; returns the records."""
+  (root / "images").mkdir(parents=True, exist_ok=True)
+  source = synthetic.SyntheticShapesSource(synthetic.SyntheticConfig(count, 32, seed=4))
+  records = [source[i] for i in range(count)]
+  for i, r in enumerate(records):
+    Image.fromarray(r["image"]).save(root / "images" / f"{i}.png")
+  return records
+
+
+def pipeline_config(manifest, *overrides):
+  config = configs.load_config("configs/demo.py", ["data.source=manifest", f"data.manifest={manifest}",
+                                                   "data.packing=False", "data.batch_size=8", *overrides])
+  return pipeline.PipelineConfig.from_config(config)
+
+
+def test_caption_jsonl_round_trips(tmp_path):
+  records = write_images(tmp_path, 8)
+  path = tmp_path / "data" / "manifest.jsonl"
+  path.parent.mkdir()
+  with open(path, "w") as f:
+    for i, r in enumerate(records):
+      f.write(json.dumps({"image": f"../images/{i}.png", "caption": r["caption"]}) + "\n")
+  source = ManifestSource(str(path))
+  assert len(source) == 8
+  for i, r in enumerate(records):
+    got = decode.decode_record(source[i], 32)
+    assert np.array_equal(got["image"], r["image"]) and got["caption"] == r["caption"]
+  # Through the pipeline (generation only, no dropout): the caption tokens and pixels come back.
+  pc = pipeline_config(path, "data.num_workers=0", "data.generation_fraction=1.0", "data.caption_dropout=0.0")
+  batch = next(iter(pipeline.build_dataset(pc, TOK, process_index=0, process_count=1)))
+  ids = text_tokenizer.special_ids(TOK)
+  for b in range(8):
+    i = batch["record_index"][b, 0]
+    assert np.array_equal(batch["images"][b, 0], records[i]["image"])
+    row = batch["input_ids"][b].tolist()
+    assert row[1:row.index(ids.boi)] == TOK.encode(records[i]["caption"]).ids
+
+
+def test_llava_conversations_round_trip(tmp_path):
+  records = write_images(tmp_path, 4)
+  entries = [{"id": str(i), "image": f"images/{i}.png", "conversations": [
+      {"from": "human", "value": f"<image>\n{r['qa'][2][0]}"}, {"from": "gpt", "value": r["qa"][2][1]},
+      {"from": "human", "value": r["qa"][0][0]}, {"from": "gpt", "value": r["qa"][0][1]}]}
+      for i, r in enumerate(records)]
+  path = tmp_path / "llava.json"
+  path.write_text(json.dumps(entries))  # LLaVA ships a JSON array.
+  source = ManifestSource(str(path))
+  for i, r in enumerate(records):
+    got = decode.decode_record(source[i], 32)
+    assert got["qa"] == [r["qa"][2], r["qa"][0]] and got["caption"] == ""
+    assert np.array_equal(got["image"], r["image"])
+  # Caption-less records always become understanding sequences.
+  pc = pipeline_config(path, "data.num_workers=0", "data.generation_fraction=1.0")
+  batch = next(iter(pipeline.build_dataset(pc, TOK, process_index=0, process_count=1)))
+  assert (batch["image_task"][:, 0] == 0).all()
+
+
+def test_large_non_square_images_are_cropped_and_resized(tmp_path):
+  Image.fromarray(np.full((60, 90, 3), 200, np.uint8)).save(tmp_path / "wide.jpg")
+  (tmp_path / "m.jsonl").write_text(json.dumps({"image": "wide.jpg", "caption": "a white square"}) + "\n")
+  got = decode.decode_record(ManifestSource(str(tmp_path / "m.jsonl"))[0], 32)
+  assert got["image"].shape == (32, 32, 3) and np.abs(got["image"].astype(int) - 200).max() <= 3
+
+
+def write_corrupt_manifest(tmp_path):
+  """21 lines, 5 of them corrupt: bad bytes, a missing file, an empty caption, a non-JSON line, no image."""
+  records = write_images(tmp_path, 16)
+  (tmp_path / "images" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+  lines = [json.dumps({"image": f"images/{i}.png", "caption": r["caption"]}) for i, r in enumerate(records)]
+  lines.insert(3, json.dumps({"image": "images/bad.png", "caption": "a red circle"}))
+  lines.insert(7, json.dumps({"image": "images/missing.png", "caption": "a red circle"}))
+  lines.insert(11, json.dumps({"image": "images/0.png", "caption": "  "}))
+  lines.insert(15, "{not json")
+  lines.insert(19, json.dumps({"caption": "no image"}))
+  path = tmp_path / "m.jsonl"
+  path.write_text("\n".join(lines) + "\n")
+  return path, {3, 7, 11, 15, 19}
+
+
+def test_corrupt_records_are_skipped_counted_and_logged(tmp_path, caplog):
+  path, bad = write_corrupt_manifest(tmp_path)
+  pc = pipeline_config(path, "data.num_workers=1", "data.max_corrupt_fraction=0.3")
+  it = iter(pipeline.build_dataset(pc, TOK, process_index=0, process_count=1))
+  with caplog.at_level(logging.WARNING):
+    seen = np.concatenate([next(it)["record_index"][:, 0] for _ in range(15)])  # 120 good = 8 epochs
+  it.close()
+  assert not set(seen) & bad and set(seen) == set(range(21)) - bad
+  counts = pipeline.corrupt_counts(it)
+  assert counts["corrupt"] / counts["seen"] == pytest.approx(5 / 21, abs=0.05)
+  messages = " ".join(r.getMessage() for r in caplog.records)
+  for index, why in ((3, "image unreadable"), (7, "No such file"), (11, "no caption"), (15, "not JSON"),
+                     (19, "no 'image'")):
+    assert f"m.jsonl[{index}]" in messages and why in messages, (index, why)
+
+
+def test_too_many_corrupt_records_stop_the_run_clearly(tmp_path):
+  path, _ = write_corrupt_manifest(tmp_path)
+  pc = pipeline_config(path, "data.num_workers=0", "data.max_corrupt_fraction=0.2")
+  it = iter(pipeline.build_dataset(pc, TOK, process_index=0, process_count=1))
+  with pytest.raises(corrupt.CorruptDataError, match=r"config.data.max_corrupt_fraction=0.2") as error:
+    for _ in range(30):
+      next(it)
+  # Judged only after enough records (a corrupt share of 24% among the first 21 is no verdict),
+  # then at once: the first check past the minimum already exceeds 20%.
+  seen = int(re.search(r"of (\d+) records", str(error.value)).group(1))
+  assert corrupt.MIN_RECORDS_BEFORE_CHECK <= seen < corrupt.MIN_RECORDS_BEFORE_CHECK + 21
+  assert "m.jsonl[" in str(error.value)
