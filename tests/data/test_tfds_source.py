@@ -6,13 +6,13 @@ import io
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from PIL import Image
 
 from mmar_jax import configs
 from mmar_jax.data import decode, pipeline, synthetic, text_tokenizer
 from mmar_jax.data.tfds_source import TfdsConfig, TfdsSource
 
-tfds = pytest.importorskip("tensorflow_datasets")
 RECORDS = [synthetic.SyntheticShapesSource(synthetic.SyntheticConfig(12, 32, seed=8))[i] for i in range(12)]
 
 
