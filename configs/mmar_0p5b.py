@@ -12,4 +12,6 @@ from mmar_jax import configs
 def get_config():
   config = configs.base_config()
   config.name = "mmar_0p5b"
+  # The Qwen2 model directory the README has users download; override with --config.data.tokenizer=DIR.
+  config.data.tokenizer = "Qwen2-0.5B"
   return config

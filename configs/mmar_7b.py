@@ -21,4 +21,6 @@ def get_config():
   config.mesh.fsdp = -1  # ZeRO-3 over every device by default.
   config.head.depth = 12  # MAR-H's head: the paper does not give MMAR's head size.
   config.head.width = 1536
+  # The Qwen2 model directory the README has users download; override with --config.data.tokenizer=DIR.
+  config.data.tokenizer = "Qwen2-7B"
   return config
