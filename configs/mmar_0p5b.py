@@ -2,8 +2,8 @@
 
 The base schema's model defaults are Qwen2-0.5B's (hidden 896, 24 layers, 14/2 heads, MLP 4864,
 vocab 151936, tied embeddings, rope theta 1e6) and its head defaults are MAR-B's (depth 6,
-width 1024; the paper does not give MMAR's head size), so this preset only names the run; the
-test of the presets pins those dimensions.
+width 1024; the paper does not give MMAR's head size), so this preset only names the run and
+where its tokenizer lives; the test of the presets pins those dimensions.
 """
 
 from mmar_jax import configs
