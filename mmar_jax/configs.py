@@ -79,7 +79,6 @@ def base_config() -> ml_collections.ConfigDict:
   config.head = ml_collections.ConfigDict()
   config.head.depth = 6
   config.head.width = 1024
-  config.head.token_channels = 16  # Channels of one continuous image token (KL-16 latent: 16 x latent_patch**2).
   config.head.frequency_dim = 256  # Sinusoidal timestep features, as in DiT/MAR.
   config.head.norm_eps = 1e-6
   config.head.dtype = "bfloat16"  # Compute dtype; the loss, the schedule and the sampler stay float32.
@@ -246,7 +245,7 @@ def validate_data(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_head(h: ml_collections.ConfigDict) -> None:
-  for field in ("depth", "width", "token_channels", "frequency_dim"):
+  for field in ("depth", "width", "frequency_dim"):
     if h[field] <= 0:
       _fail(f"head.{field}", h[field], "must be positive")
   if h.frequency_dim % 2:

@@ -43,9 +43,12 @@ class HeadConfig:
   remat: bool = False
 
   @classmethod
-  def from_config(cls, head_config) -> HeadConfig:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: head_config[k] for k in names if k in head_config})
+  def from_config(cls, config) -> HeadConfig:
+    """From `config.head`, with the token width from `config.tokenizer` (the one place it is known)."""
+    from mmar_jax.models.tokenizers import image_token_dim  # Not at import: tokenizers pull in the VAE.
+    head = config.head
+    names = {f.name for f in dataclasses.fields(cls)} - {"token_channels"}
+    return cls(token_channels=image_token_dim(config), **{k: head[k] for k in names if k in head})
 
   def replace(self, **changes) -> HeadConfig:
     return dataclasses.replace(self, **changes)

@@ -218,6 +218,11 @@ def num_image_tokens(config) -> int:
   return make_tokenizer(TokenizerConfig.from_config(config.tokenizer)).num_tokens
 
 
+def image_token_dim(config) -> int:
+  """D, the features of one image token under `config.tokenizer` (what the diffusion head models)."""
+  return make_tokenizer(TokenizerConfig.from_config(config.tokenizer)).token_dim
+
+
 def make_tokenizer(config: TokenizerConfig) -> ImageTokenizer:
   """The tokenizer `config.kind` names."""
   if config.kind == "patch":

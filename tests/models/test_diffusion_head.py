@@ -92,8 +92,10 @@ def test_head_initialises_sharded_over_fsdp_and_tensor():
 
 def test_head_config_reads_the_preset():
   config = configs.load_config("configs/mmar_7b.py")
-  cfg = HeadConfig.from_config(config.head)
-  assert (cfg.depth, cfg.width, cfg.token_channels) == (12, 1536, 16)
+  cfg = HeadConfig.from_config(config)
+  assert (cfg.depth, cfg.width, cfg.token_channels) == (12, 1536, 16)  # KL-16 tokens: 16 channels.
+  demo = HeadConfig.from_config(configs.load_config("configs/demo.py"))
+  assert demo.token_channels == 8 * 8 * 3  # The demo's 8x8 RGB pixel patches.
 
 
 @pytest.mark.parametrize("override,message", [
