@@ -3,9 +3,6 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Fake 8 CPU devices so that every sharding path runs without accelerators (tests set it themselves too).
-export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
-
 .PHONY: demo test install clean
 
 install: $(STAMP)
@@ -24,6 +21,7 @@ $(STAMP): $(BIN)/python setup.cfg requirements.lock
 demo: $(STAMP)
 	$(BIN)/mmar-jax info --config=configs/demo.py
 
+# tests/conftest.py gives the tests 8 fake CPU devices, so every sharding path runs.
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
