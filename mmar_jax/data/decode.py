@@ -22,7 +22,9 @@ def corrupt(record: dict, reason: str) -> dict:
 def load_image(image, image_size: int) -> UInt8[np.ndarray, "s s 3"]:
   """An RGB uint8 array of image_size x image_size from an array, encoded bytes or a file path.
 
-  Non-square images are centre-cropped to a square, then resized (bicubic), as MAR does.
+  MAR's (ADM's) centre crop: halve with a box filter while the short side is at least twice the
+  target, resize the short side to the target (bicubic), then crop the centre. The latent cache
+  uses this function too, so cached latents and on-the-fly pixels see the same image.
   """
   if isinstance(image, np.ndarray) and image.shape == (image_size, image_size, 3) and image.dtype == np.uint8:
     return image  # Already pixels of the right size (the synthetic source).
@@ -33,11 +35,13 @@ def load_image(image, image_size: int) -> UInt8[np.ndarray, "s s 3"]:
   else:
     pil = Image.open(image)
   pil = pil.convert("RGB")  # Forces the full decode, so truncated files fail here.
-  w, h = pil.size
-  side = min(w, h)
-  left, top = (w - side) // 2, (h - side) // 2
-  pil = pil.crop((left, top, left + side, top + side)).resize((image_size, image_size), Image.BICUBIC)
-  return np.asarray(pil, np.uint8)
+  while min(pil.size) >= 2 * image_size:
+    pil = pil.resize(tuple(s // 2 for s in pil.size), resample=Image.BOX)
+  scale = image_size / min(pil.size)
+  pil = pil.resize(tuple(round(s * scale) for s in pil.size), resample=Image.BICUBIC)
+  pixels = np.asarray(pil, np.uint8)
+  top, left = (pixels.shape[0] - image_size) // 2, (pixels.shape[1] - image_size) // 2
+  return pixels[top:top + image_size, left:left + image_size]
 
 
 def decode_record(record: dict, image_size: int) -> dict:

@@ -1,9 +1,9 @@
 """Latent caching: encode an image dataset once with the KL VAE into ArrayRecord shards.
 
-Input: a JSONL manifest, one record a line, `{"image": "relative/path.png", "caption": "..."}`
-with paths relative to the manifest's directory. Images are resized and center-cropped to
-`image_size` as MAR does (halve with a box filter while at least twice too big, bicubic to
-size, center crop), then scaled to [-1, 1].
+Input: a manifest as the data pipeline reads it (`data/manifest.py`: JSONL lines
+`{"image": "relative/path.png", "caption": "..."}` or LLaVA conversations), paths relative to the
+manifest's directory. Images go through the pipeline's own `decode.load_image` (MAR's centre
+crop), then are scaled to [-1, 1], so cached latents encode exactly the pixels the pipeline sees.
 
 Output, in `out_dir`:
 - `latents-SSSSS-of-NNNNN.array_record`: record i of the manifest is in shard
@@ -30,9 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
-from PIL import Image
 from tqdm import tqdm
 
+from mmar_jax.data.decode import load_image as load_pixels
+from mmar_jax.data.manifest import ManifestSource
 from mmar_jax.models import tokenizers
 
 INFO_FILE = "cache_info.json"
@@ -64,33 +65,25 @@ def read_shard(path: str) -> list[dict]:
 
 
 def read_manifest(path: str) -> list[dict]:
-  """Manifest lines as {'key', 'path', 'caption'}, with image paths resolved against the manifest."""
+  """The manifest's records ({'key', 'path', 'caption'}) through the pipeline's own ManifestSource.
+
+  The cache must be complete, so a record the source cannot parse fails here, by line.
+  """
+  source = ManifestSource(path)
   root = os.path.dirname(os.path.abspath(path))
   records = []
-  with open(path) as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      entry = json.loads(line)
-      if "image" not in entry:
-        raise ValueError(f"{path}:{line_no}: a record needs an 'image' path, got keys {sorted(entry)}")
-      records.append({"key": entry["image"], "path": os.path.join(root, entry["image"]),
-                      "caption": entry.get("caption", "")})
+  for i in range(len(source)):
+    record = source[i]
+    if "error" in record:
+      raise ValueError(f"{path}: record {i}: {record['error']}")
+    records.append({"key": os.path.relpath(record["image"], root), "path": record["image"],
+                    "caption": record["caption"]})
   return records
 
 
 def load_image(path: str, image_size: int) -> np.ndarray:
-  """An RGB image as float32 [image_size, image_size, 3] in [-1, 1], resized and center-cropped like MAR."""
-  with Image.open(path) as image:
-    image = image.convert("RGB")
-    while min(image.size) >= 2 * image_size:
-      image = image.resize(tuple(s // 2 for s in image.size), resample=Image.BOX)
-    scale = image_size / min(image.size)
-    image = image.resize(tuple(round(s * scale) for s in image.size), resample=Image.BICUBIC)
-    arr = np.asarray(image)
-  top, left = (arr.shape[0] - image_size) // 2, (arr.shape[1] - image_size) // 2
-  arr = arr[top:top + image_size, left:left + image_size]
-  return arr.astype(np.float32) / 127.5 - 1.0
+  """An RGB image as float32 [image_size, image_size, 3] in [-1, 1], cropped as the pipeline crops."""
+  return load_pixels(path, image_size).astype(np.float32) / 127.5 - 1.0
 
 
 def _encode_fn(tokenizer: tokenizers.KLVAE, sharding):
