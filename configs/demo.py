@@ -15,6 +15,9 @@ def get_config():
   config.model.rope_theta = 10_000.0
   config.model.max_seq_len = 512
   config.model.dtype = "float32"  # CPUs gain nothing from bfloat16 matmuls.
+  config.model.adapter_depth = 1
+  config.model.adapter_width = 128
+  config.model.adapter_heads = 4
   config.head.depth = 2
   config.head.width = 128
   config.head.dtype = "float32"  # As the backbone: CPUs gain nothing from bfloat16.

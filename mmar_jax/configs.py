@@ -73,6 +73,22 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.scan_layers = True  # nn.scan over layers: compile time independent of depth.
   config.model.remat_policy = "none"  # One of REMAT_POLICIES.
   config.model.attention_impl = "auto"  # jax.nn.dot_product_attention's: auto = cuDNN on GPU in 16 bits, else XLA.
+  # The image input adapter (the paper's EmbeddingViT + VisProjector; sizes unpublished [ours]):
+  # a bidirectional transformer over one image's tokens, then an MLP to hidden_size.
+  config.model.adapter_depth = 2  # Transformer blocks; 0 = a linear map from the token width.
+  config.model.adapter_width = 1024
+  config.model.adapter_heads = 16
+  # MAR-style masked generation: the share of an image's tokens masked per sequence, uniform in
+  # [min, max]. Stage 1 of the paper uses [0.7, 1.0], stage 2 [0, 1.0] [paper].
+  config.model.mask_ratio_min = 0.7
+  config.model.mask_ratio_max = 1.0
+
+  # The joint loss ce_weight * CE + diffusion_weight * v_loss, each term normalised by its own
+  # token count. The paper's Eq. 4 is the unweighted sum, hence 1 and 1; the weights are not
+  # published, and the paper notes the task balance needs tuning [ours].
+  config.loss = ml_collections.ConfigDict()
+  config.loss.ce_weight = 1.0
+  config.loss.diffusion_weight = 1.0
 
   # The MAR diffusion head: an MLP of AdaLN residual blocks modelling p(x | z) per image token.
   # Sizes are MAR's (depth/width 6/1024 B, 8/1280 L, 12/1536 H); the default is MAR-B's.
@@ -195,6 +211,19 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
                          ("attention_impl", ATTENTION_IMPLS)):
     if m[field] not in allowed:
       _fail(f"model.{field}", m[field], f"must be one of {allowed}")
+  if m.adapter_depth < 0:
+    _fail("model.adapter_depth", m.adapter_depth, "must be >= 0 (0 = a linear map)")
+  if m.adapter_width <= 0:
+    _fail("model.adapter_width", m.adapter_width, "must be positive")
+  if m.adapter_heads <= 0 or m.adapter_width % m.adapter_heads:
+    _fail("model.adapter_heads", m.adapter_heads, f"must be positive and divide config.model.adapter_width="
+          f"{m.adapter_width}")
+  if not 0.0 <= m.mask_ratio_min <= m.mask_ratio_max <= 1.0:
+    _fail("model.mask_ratio_min", m.mask_ratio_min, f"must satisfy 0 <= mask_ratio_min <= "
+          f"config.model.mask_ratio_max={m.mask_ratio_max} <= 1")
+  for field in ("ce_weight", "diffusion_weight"):
+    if not config.loss[field] >= 0:
+      _fail(f"loss.{field}", config.loss[field], "must be non-negative")
   _validate_head(config.head)
   _validate_diffusion(config.diffusion)
   validate_tokenizer(config.tokenizer)

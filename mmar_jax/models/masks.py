@@ -20,6 +20,21 @@ def causal_segment_mask(segment_ids: Int[Array, "b l"]) -> Bool[Array, "b l l"]:
   return (causal & same_segment & key_is_real) | jnp.eye(length, dtype=bool)
 
 
+
+def mmar_attention_mask(segment_ids: Int[Array, "b l"], image_span_ids: Int[Array, "b l"]) -> Bool[Array, "b l l"]:
+  """MMAR's mask: causal within a segment, bidirectional inside each image span [paper].
+
+  `image_span_ids` is 0 on text and a per-row unique id > 0 on each image's tokens, so every
+  token of an image sees the whole image (MAR style) and text after it sees it too (causal).
+  Never across packed segments; segment id 0 marks padding.
+  """
+  length = segment_ids.shape[-1]
+  causal = jnp.tril(jnp.ones((length, length), bool))
+  same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
+  key_is_real = (segment_ids != 0)[:, None, :]
+  same_image = (image_span_ids[:, :, None] == image_span_ids[:, None, :]) & (image_span_ids > 0)[:, :, None]
+  return ((causal | same_image) & same_segment & key_is_real) | jnp.eye(length, dtype=bool)
+
 def decode_mask(
     key_valid: Bool[Array, "b s"],
     cache_index: Int[Array, ""],

@@ -1,0 +1,156 @@
+"""The unified MMAR model: one Qwen2 decoder over text and continuous image tokens, and its joint loss.
+
+A batch row holds text ids and image slots (the pipeline's layout). Image tokens go through the
+adapter and are written at their slots; tokens chosen for generation get the `<mask>` embedding
+instead [MAR]. Attention is causal over text and bidirectional inside each image [paper]. The
+backbone's final hidden state `z` at each masked image position conditions the diffusion head,
+which is trained with the float32 v-loss on that position's clean token [MAR]. Understanding
+images are clean and fully visible; text gets cross-entropy where `text_loss_mask` says [paper].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+from mmar_jax.diffusion.losses import diffusion_loss
+from mmar_jax.diffusion.schedule import Schedule
+from mmar_jax.models import masks
+from mmar_jax.models.adapter import AdapterConfig, ImageAdapter
+from mmar_jax.models.backbone import Backbone, BackboneConfig
+from mmar_jax.models.diffusion_head import DiffusionHead, HeadConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class MMARConfig:
+  """The unified model's view of the config: its parts' configs and the loss's settings."""
+
+  backbone: BackboneConfig
+  adapter: AdapterConfig
+  head: HeadConfig
+  mask_token_id: int
+  schedule: str = "cosine"
+  num_train_steps: int = 1000
+  prediction: str = "v"
+  diffusion_batch_mul: int = 4
+  ce_weight: float = 1.0
+  diffusion_weight: float = 1.0
+
+  @classmethod
+  def from_config(cls, config, mask_token_id: int) -> MMARConfig:
+    """`mask_token_id`: `text_tokenizer.special_ids(tokenizer).mask`, the id the pipeline puts in image slots."""
+    d = config.diffusion
+    return cls(backbone=BackboneConfig.from_config(config.model), adapter=AdapterConfig.from_config(config),
+               head=HeadConfig.from_config(config), mask_token_id=mask_token_id, schedule=d.schedule,
+               num_train_steps=d.num_train_steps, prediction=d.prediction,
+               diffusion_batch_mul=d.diffusion_batch_mul, ce_weight=config.loss.ce_weight,
+               diffusion_weight=config.loss.diffusion_weight)
+
+
+@flax.struct.dataclass
+class MMAROutput:
+  logits: Float[Array, "b l v"]  # float32
+  hidden: Float[Array, "b l d"]  # The backbone's final (normed) hidden states.
+  z: Float[Array, "b m n d"]  # hidden at each image token's slot: the head's condition there.
+  loss: Float[Array, ""]  # ce_weight * ce + diffusion_weight * v_loss, float32.
+  ce: Float[Array, ""]
+  v_loss: Float[Array, ""]
+
+
+def image_span_ids(image_slots: Int[Array, "b m n"], image_valid: Bool[Array, "b m"], length: int
+                   ) -> Int[Array, "b l"]:
+  """Per position: m + 1 where image m's tokens sit, 0 on text (the attention mask's span ids)."""
+  batch, num_images, num_tokens = image_slots.shape
+  span = jnp.broadcast_to(jnp.arange(1, num_images + 1, dtype=jnp.int32)[None, :, None], image_slots.shape)
+  return _scatter(jnp.zeros((batch, length), jnp.int32), image_slots, image_valid, span)
+
+
+def _scatter(target: Array, image_slots: Int[Array, "b m n"], image_valid: Bool[Array, "b m"], values: Array
+             ) -> Array:
+  """target[b, image_slots[b, m, n]] = values[b, m, n] for valid images, static shapes."""
+  length = target.shape[1]
+  # Invalid images' slots are 0 in the batch: send them out of range and drop them.
+  slots = jnp.where(image_valid[:, :, None], image_slots, length)
+  rows = jnp.arange(target.shape[0])[:, None, None]
+  return target.at[rows, slots].set(values.astype(target.dtype), mode="drop")
+
+
+def draw_generation_mask(rng: PRNGKeyArray, image_task: Int[Array, "b m"], num_tokens: int, min_ratio: float,
+                         max_ratio: float) -> Bool[Array, "b m n"]:
+  """Which tokens of each generation image are masked (input `<mask>`, diffusion loss) this step.
+
+  Per image a ratio uniform in [min_ratio, max_ratio] [paper, stage 1/2 ranges]; ceil(ratio * n)
+  tokens, at least one, chosen in a random order [MAR]. Understanding images get none.
+  """
+  ratio_rng, order_rng = jax.random.split(rng)
+  shape = image_task.shape + (num_tokens,)
+  ratio = jax.random.uniform(ratio_rng, image_task.shape, jnp.float32, min_ratio, max_ratio)
+  num_masked = jnp.clip(jnp.ceil(ratio * num_tokens), 1, num_tokens).astype(jnp.int32)
+  # The rank of each token in a uniformly random order; the first num_masked ranks are masked.
+  rank = jnp.argsort(jnp.argsort(jax.random.uniform(order_rng, shape), axis=-1), axis=-1)
+  return (rank < num_masked[..., None]) & (image_task == 1)[..., None]
+
+
+class MMAR(nn.Module):
+  """Backbone + image adapter + diffusion head; `__call__` returns logits, z and the joint loss."""
+
+  cfg: MMARConfig
+
+  def setup(self):
+    self.backbone = Backbone(self.cfg.backbone)
+    self.adapter = ImageAdapter(self.cfg.adapter)
+    self.head = DiffusionHead(self.cfg.head)
+
+  def embed_inputs(self, input_ids: Int[Array, "b l"], image_tokens: Float[Array, "b m n c"],
+                   image_slots: Int[Array, "b m n"], image_valid: Bool[Array, "b m"],
+                   generate_mask: Bool[Array, "b m n"]) -> Float[Array, "b l d"]:
+    """Text embeddings with each image's adapted tokens at its slots, `<mask>` where generated."""
+    batch, num_images, num_tokens, channels = image_tokens.shape
+    x = self.backbone.embed(input_ids)
+    visible = ~generate_mask.reshape(batch * num_images, num_tokens)
+    adapted = self.adapter(image_tokens.reshape(batch * num_images, num_tokens, channels), visible)
+    adapted = adapted.reshape(batch, num_images, num_tokens, -1)
+    # The learned mask embedding is the `<mask>` token's row of the table [ours: one place for it].
+    mask_embedding = self.backbone.embed(jnp.full((1, 1), self.cfg.mask_token_id, jnp.int32))[0, 0]
+    adapted = jnp.where(generate_mask[..., None], mask_embedding.astype(adapted.dtype), adapted)
+    return _scatter(x, image_slots, image_valid, adapted)
+
+  def __call__(self, batch: dict[str, Array], image_tokens: Float[Array, "b m n c"],
+               generate_mask: Bool[Array, "b m n"], rng: PRNGKeyArray) -> MMAROutput:
+    """Forward pass and losses for a pipeline batch with its images already tokenized.
+
+    `batch`: input_ids, targets, text_loss_mask, segment_ids, positions, image_slots,
+    image_valid (see `mmar_jax.data.pipeline`). `generate_mask` comes from
+    `draw_generation_mask`; `rng` draws the diffusion timesteps and noise.
+    """
+    cfg = self.cfg
+    input_ids = batch["input_ids"]
+    image_valid = batch["image_valid"].astype(bool)
+    image_slots = batch["image_slots"]
+    generate_mask = generate_mask & image_valid[..., None]
+    x = self.embed_inputs(input_ids, image_tokens, image_slots, image_valid, generate_mask)
+    spans = image_span_ids(image_slots, image_valid, input_ids.shape[1])
+    attention_mask = masks.mmar_attention_mask(batch["segment_ids"], spans)
+    out = self.backbone(positions=batch["positions"], inputs_embeds=x, segment_ids=batch["segment_ids"],
+                        attention_mask=attention_mask)
+
+    # Cross-entropy: log-softmax in float32 (the logits already are), mean over its own tokens.
+    log_probs = jax.nn.log_softmax(out.logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(log_probs, batch["targets"][..., None].astype(jnp.int32), axis=-1)[..., 0]
+    text_weight = batch["text_loss_mask"].astype(jnp.float32)
+    ce = jnp.sum(nll * text_weight) / jnp.maximum(jnp.sum(text_weight), 1.0)
+
+    # v-loss: z at a masked slot predicts that slot's clean token [MAR]; mean over masked tokens.
+    rows = jnp.arange(input_ids.shape[0])[:, None, None]
+    z = out.hidden[rows, image_slots]
+    schedule = Schedule.create(cfg.schedule, cfg.num_train_steps)
+    v_loss = diffusion_loss(lambda x_t, t, c: self.head(x_t, t, c), image_tokens.astype(jnp.float32), z,
+                            generate_mask, rng, schedule=schedule, prediction=cfg.prediction,
+                            batch_mul=cfg.diffusion_batch_mul)
+    loss = cfg.ce_weight * ce + cfg.diffusion_weight * v_loss  # Eq. 4, with weights [ours].
+    return MMAROutput(logits=out.logits, hidden=out.hidden, z=z, loss=loss, ce=ce, v_loss=v_loss)

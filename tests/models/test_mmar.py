@@ -1,0 +1,222 @@
+"""Properties of the unified MMAR model: attention pattern by finite differences, gradient paths, dtypes."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmar_jax import configs
+from mmar_jax.models import masks
+from mmar_jax.models.backbone import Backbone
+from mmar_jax.models.mmar import MMAR, MMARConfig, draw_generation_mask, image_span_ids
+
+MASK_ID = 5
+L, N, C = 28, 16, 48  # Sequence length; a 16x16 image in 4x4 patches: 16 tokens of 48.
+CHANGED = 1e-6  # A finite difference above this counts as "the output depends on the input".
+SAME = 1e-6  # ... and at most this as "it does not" (float32 noise of reordered sums).
+
+
+def tiny_config(dtype="float32"):
+  config = configs.base_config()
+  m = config.model
+  m.vocab_size, m.hidden_size, m.intermediate_size, m.num_layers = 64, 32, 64, 2
+  m.num_heads, m.num_kv_heads, m.max_seq_len, m.init_std = 2, 1, 64, 0.1
+  m.tie_word_embeddings = False
+  m.adapter_depth, m.adapter_width, m.adapter_heads = 1, 32, 2
+  m.dtype = config.head.dtype = dtype
+  config.head.depth, config.head.width, config.head.frequency_dim = 1, 32, 32
+  config.tokenizer.kind, config.tokenizer.image_size, config.tokenizer.patch_size = "patch", 16, 4
+  config.diffusion.diffusion_batch_mul = 2
+  config.data.seq_len = L
+  configs.validate(config)
+  return config
+
+
+def make_batch(seed=0):
+  """Row 0: text(3) image text(9), understanding. Row 1: text(6) image text(6), generation."""
+  rng = np.random.default_rng(seed)
+  input_ids = rng.integers(6, 64, (2, L)).astype(np.int32)
+  starts = (3, 6)
+  image_slots = np.stack([np.arange(s, s + N) for s in starts])[:, None].astype(np.int32)
+  for b, s in enumerate(starts):
+    input_ids[b, s:s + N] = MASK_ID
+  after = np.arange(L)[None] >= np.array(starts)[:, None] + N
+  batch = dict(
+      input_ids=input_ids, targets=np.roll(input_ids, -1, axis=1),
+      text_loss_mask=after.astype(np.float32), segment_ids=np.ones((2, L), np.int32),
+      positions=np.broadcast_to(np.arange(L, dtype=np.int32), (2, L)).copy(),
+      image_slots=image_slots, image_valid=np.ones((2, 1), bool), image_task=np.array([[0], [1]], np.int32))
+  image_tokens = rng.normal(size=(2, 1, N, C)).astype(np.float32)
+  generate_mask = np.zeros((2, 1, N), bool)
+  generate_mask[1, 0, ::2] = True  # Half of row 1's image is to be generated.
+  return batch, image_tokens, generate_mask
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def forward(cfg, params, batch, image_tokens, generate_mask, rng=jax.random.key(3)):
+  return MMAR(cfg).apply({"params": params}, batch, image_tokens, generate_mask, rng)
+
+
+@functools.lru_cache(maxsize=None)
+def setup(dtype="float32", ce_weight=1.0, diffusion_weight=1.0):
+  cfg = MMARConfig.from_config(tiny_config(dtype), MASK_ID)
+  cfg = dataclasses.replace(cfg, ce_weight=ce_weight, diffusion_weight=diffusion_weight)
+  batch, image_tokens, generate_mask = make_batch()
+  params = nn.meta.unbox(MMAR(cfg).init(jax.random.key(0), batch, image_tokens, generate_mask,
+                                        jax.random.key(1)))["params"]
+  return cfg, params
+
+
+def changed(a, b):
+  return np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).max(axis=-1) > CHANGED
+
+
+def assert_same(a, b):
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=SAME, rtol=0)
+
+
+def test_mask_is_causal_text_and_bidirectional_images():
+  segments = jnp.array([[1, 1, 1, 1, 2, 2]])
+  spans = jnp.array([[0, 1, 1, 0, 2, 2]])
+  mask = np.asarray(masks.mmar_attention_mask(segments, spans))[0]
+  assert mask[1, 2] and mask[2, 1]  # Inside an image both ways.
+  assert mask[3, 1] and mask[3, 2] and not mask[0, 1]  # Text after sees the image, text before does not.
+  assert not mask[4, 3] and not mask[3, 4] and mask[4, 5] and mask[5, 4]  # Segments apart.
+  no_images = masks.mmar_attention_mask(segments, jnp.zeros_like(spans))
+  np.testing.assert_array_equal(no_images, masks.causal_segment_mask(segments))
+
+
+def test_no_image_gives_the_backbones_logits():
+  cfg, params = setup()
+  batch, image_tokens, generate_mask = make_batch()
+  batch = dict(batch, image_valid=np.zeros((2, 1), bool), input_ids=np.full((2, L), 7, np.int32))
+  batch["input_ids"][:, ::3] = 9
+  out = forward(cfg, params, batch, image_tokens, generate_mask)
+  expected = jax.jit(lambda p, ids: Backbone(cfg.backbone).apply({"params": p}, ids, batch["positions"]).logits)(
+      params["backbone"], batch["input_ids"])
+  np.testing.assert_array_equal(np.asarray(out.logits), np.asarray(expected))
+
+
+def test_future_text_never_changes_earlier_logits():
+  cfg, params = setup()
+  batch, image_tokens, generate_mask = make_batch()
+  base = forward(cfg, params, batch, image_tokens, generate_mask).logits
+  pos = 23
+  ids = batch["input_ids"].copy()
+  ids[:, pos] = (ids[:, pos] + 1) % 64
+  moved = forward(cfg, params, dict(batch, input_ids=ids), image_tokens, generate_mask).logits
+  assert_same(moved[:, :pos], base[:, :pos])
+  assert changed(moved[:, pos:], base[:, pos:]).all()
+
+
+def test_an_image_token_reaches_its_whole_image_and_later_text_only():
+  cfg, params = setup()
+  batch, image_tokens, generate_mask = make_batch()
+  base = forward(cfg, params, batch, image_tokens, generate_mask).hidden
+  tokens = image_tokens.copy()
+  tokens[0, 0, 5] += 1.0  # Row 0: understanding image at positions 3..18.
+  moved = forward(cfg, params, batch, tokens, generate_mask).hidden
+  assert_same(moved[0, :3], base[0, :3])  # Text before the image.
+  assert changed(moved[0, 3:], base[0, 3:]).all()  # Every image token (bidirectional) and the text after.
+  assert_same(moved[1], base[1])  # Another row.
+
+
+def test_masked_tokens_do_not_leak_into_the_sequence():
+  cfg, params = setup()
+  batch, image_tokens, generate_mask = make_batch()
+  base = forward(cfg, params, batch, image_tokens, generate_mask)
+  tokens = image_tokens.copy()
+  tokens[1, 0, 0] += 1.0  # Masked for generation (even index) in row 1.
+  moved = forward(cfg, params, batch, tokens, generate_mask)
+  assert_same(moved.hidden, base.hidden)
+  tokens = image_tokens.copy()
+  tokens[1, 0, 1] += 1.0  # Visible: reaches the masked positions' z.
+  visible_moved = forward(cfg, params, batch, tokens, generate_mask)
+  assert changed(visible_moved.z[1, 0, ::2], base.z[1, 0, ::2]).all()
+
+
+def test_packed_segments_never_see_each_other():
+  cfg, params = setup()
+  batch, image_tokens, generate_mask = make_batch()
+  half = L // 2 + 5  # Row 0's image (3..18) lies in segment 1 of [0, 19) and text in [19, 28).
+  segment_ids = np.where(np.arange(L) < half, 1, 2).astype(np.int32)[None].repeat(2, 0)
+  positions = np.where(np.arange(L) < half, np.arange(L), np.arange(L) - half).astype(np.int32)[None].repeat(2, 0)
+  batch = dict(batch, segment_ids=segment_ids, positions=positions, image_valid=np.array([[True], [False]]))
+  base = forward(cfg, params, batch, image_tokens, generate_mask).hidden
+  tokens = image_tokens.copy()
+  tokens[0, 0, 2] += 1.0
+  ids = batch["input_ids"].copy()
+  ids[0, 1] = (ids[0, 1] + 1) % 64
+  moved = forward(cfg, params, dict(batch, input_ids=ids), tokens, generate_mask).hidden
+  assert changed(moved[0, 1:half], base[0, 1:half]).all()
+  assert_same(moved[0, half:], base[0, half:])
+  ids = batch["input_ids"].copy()
+  ids[0, half] = (ids[0, half] + 1) % 64
+  moved = forward(cfg, params, dict(batch, input_ids=ids), image_tokens, generate_mask).hidden
+  assert changed(moved[0, half:], base[0, half:]).all()
+  assert_same(moved[0, :half], base[0, :half])
+
+
+def grads_of(cfg, params):
+  batch, image_tokens, generate_mask = make_batch()
+  loss = lambda p: forward(cfg, p, batch, image_tokens, generate_mask).loss  # noqa: E731
+  return jax.jit(jax.grad(loss))(params)
+
+
+def nonzero(tree) -> bool:
+  return all(bool(jnp.any(g != 0)) for g in jax.tree.leaves(tree))
+
+
+def test_cross_entropy_reaches_adapter_and_backbone():
+  cfg, params = setup(diffusion_weight=0.0)
+  grads = grads_of(cfg, params)
+  assert nonzero(grads["adapter"])
+  assert nonzero(grads["backbone"]["layers"]) and nonzero(grads["backbone"]["embed_tokens"])
+  assert not any(bool(jnp.any(g != 0)) for g in jax.tree.leaves(grads["head"]))  # Weight 0: no v-loss path.
+
+
+def test_diffusion_loss_reaches_head_backbone_and_adapter():
+  cfg, params = setup(ce_weight=0.0)
+  # The head's modulations and output layer start at zero (DiT), which blocks every gradient
+  # into z at init; give them small random values as after some training.
+  leaves, treedef = jax.tree.flatten(params["head"])
+  keys = jax.random.split(jax.random.key(7), len(leaves))
+  head = jax.tree.unflatten(treedef, [x + 0.02 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  grads = grads_of(cfg, dict(params, head=head))
+  assert nonzero(grads["head"])
+  assert nonzero(grads["adapter"])
+  assert nonzero(grads["backbone"]["layers"])
+  assert not bool(jnp.any(grads["backbone"]["lm_head"] != 0))  # Text logits play no part in the v-loss.
+
+
+def test_losses_are_float32_with_bfloat16_compute():
+  cfg, params = setup("bfloat16")
+  batch, image_tokens, generate_mask = make_batch()
+  out = jax.eval_shape(lambda p: forward(cfg, p, batch, image_tokens, generate_mask), params)
+  assert out.hidden.dtype == jnp.bfloat16  # The compute dtype really is bfloat16 ...
+  assert out.loss.dtype == out.ce.dtype == out.v_loss.dtype == out.logits.dtype == jnp.float32  # ... the losses not.
+
+
+@pytest.mark.parametrize("low,high", [(0.7, 1.0), (0.0, 1.0)])
+def test_generation_mask_ratios(low, high):
+  task = jnp.array([[1, 0, 1]] * 200)
+  mask = np.asarray(draw_generation_mask(jax.random.key(0), task, N, low, high))
+  assert not mask[:, 1].any()  # Understanding images stay clean.
+  counts = mask[:, [0, 2]].sum(-1)
+  assert counts.min() >= max(1, int(np.ceil(low * N))) and counts.max() <= N
+  assert abs(counts.mean() / N - (low + high) / 2) < 0.05  # Uniform ratio: mean near the midpoint.
+  # Positions drawn in a random order: every position masked about equally often (5+ sigma bound).
+  frequency = mask[:, [0, 2]].reshape(-1, N).mean(0)
+  assert np.abs(frequency - frequency.mean()).max() < 0.1
+
+
+def test_image_span_ids_ignore_invalid_images():
+  slots = jnp.array([[[1, 2], [0, 0]]])
+  spans = image_span_ids(slots, jnp.array([[True, False]]), 4)
+  np.testing.assert_array_equal(spans, [[0, 1, 1, 0]])
