@@ -36,6 +36,10 @@ def test_override_sets_the_field():
     ("model.dtype=fp8", r"config\.model\.dtype='fp8' must be one of"),
     ("model.remat_policy=some", r"config\.model\.remat_policy='some'"),
     ("mesh.fsdp=0", r"config\.mesh\.fsdp=0"),
+    ("model.adapter_depth=-1", r"config\.model\.adapter_depth=-1 must be >= 0"),
+    ("model.adapter_heads=3", r"config\.model\.adapter_heads=3 must be positive and divide"),
+    ("model.mask_ratio_min=1.5", r"config\.model\.mask_ratio_min=1\.5"),
+    ("loss.diffusion_weight=-1.0", r"config\.loss\.diffusion_weight=-1\.0 must be non-negative"),
 ])
 def test_bad_values_fail_naming_the_field(override, message):
   with pytest.raises(configs.ConfigError, match=message):
