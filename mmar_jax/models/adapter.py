@@ -22,9 +22,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-_XAVIER = nn.initializers.xavier_uniform()  # ViT's initialiser [ours].
-_ZEROS = nn.initializers.zeros
-
+from mmar_jax.models.layers import XAVIER, ZEROS, dense, layer_norm
 
 @dataclasses.dataclass(frozen=True)
 class AdapterConfig:
@@ -48,33 +46,27 @@ class AdapterConfig:
                param_dtype=m.param_dtype)
 
 
-def _dense(cfg: AdapterConfig, features: int, axes: tuple[str | None, str | None], name: str) -> nn.Dense:
-  return nn.Dense(features, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), name=name,
-                  kernel_init=nn.with_logical_partitioning(_XAVIER, axes),
-                  bias_init=nn.with_logical_partitioning(_ZEROS, (axes[1],)))
-
-
-def _layer_norm(cfg: AdapterConfig, name: str) -> nn.LayerNorm:
-  # Statistics in float32: bfloat16 variances of small activations lose their low bits.
-  return nn.LayerNorm(epsilon=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
-                      force_float32_reductions=True, name=name,
-                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-                      bias_init=nn.with_logical_partitioning(_ZEROS, ("norm",)))
-
-
 class _HeadsProjection(nn.Module):
-  """[b, n, d] -> [b, n, h, hd] with a kernel named ('embed', 'heads', 'head_dim')."""
+  """[b, n, d] <-> [b, n, h, hd] with a kernel named ('embed', 'heads', 'head_dim') and a bias.
+
+  An explicit kernel and einsum, as the backbone's projections: nn.DenseGeneral flattens its
+  kernel to 2-D internally and fails under a mesh with three logical axis names.
+  """
 
   cfg: AdapterConfig
+  to_heads: bool  # True: [b, n, d] -> [b, n, h, hd]; False: [b, n, h, hd] -> [b, n, d].
 
   @nn.compact
-  def __call__(self, x: Float[Array, "b n d"]) -> Float[Array, "b n h e"]:
+  def __call__(self, x):
     cfg = self.cfg
-    head_dim = cfg.width // cfg.heads
-    return nn.DenseGeneral(
-        (cfg.heads, head_dim), dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
-        kernel_init=nn.with_logical_partitioning(_XAVIER, ("embed", "heads", "head_dim")),
-        bias_init=nn.with_logical_partitioning(_ZEROS, ("heads", "head_dim")), name="proj")(x)
+    dtype, shape = jnp.dtype(cfg.dtype), (cfg.width, cfg.heads, cfg.width // cfg.heads)
+    kernel = self.param("kernel", nn.with_logical_partitioning(XAVIER, ("embed", "heads", "head_dim")), shape,
+                        jnp.dtype(cfg.param_dtype))
+    bias_axes = ("heads", "head_dim") if self.to_heads else ("embed",)
+    bias_shape = shape[1:] if self.to_heads else shape[:1]
+    bias = self.param("bias", nn.with_logical_partitioning(ZEROS, bias_axes), bias_shape, jnp.dtype(cfg.param_dtype))
+    equation = "bnd,dhe->bnhe" if self.to_heads else "bnhe,dhe->bnd"
+    return jnp.einsum(equation, x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
 
 
 class AdapterBlock(nn.Module):
@@ -85,17 +77,13 @@ class AdapterBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Float[Array, "b n d"], mask: Bool[Array, "b n n"]) -> Float[Array, "b n d"]:
     cfg = self.cfg
-    h = _layer_norm(cfg, "attn_norm")(x)
-    q, k, v = (_HeadsProjection(cfg, name=name)(h) for name in ("q_proj", "k_proj", "v_proj"))
+    h = layer_norm(cfg, "attn_norm")(x)
+    q, k, v = (_HeadsProjection(cfg, True, name=name)(h) for name in ("q_proj", "k_proj", "v_proj"))
     attn = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None])
-    out = nn.DenseGeneral(
-        cfg.width, axis=(-2, -1), dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
-        kernel_init=nn.with_logical_partitioning(_XAVIER, ("heads", "head_dim", "embed")),
-        bias_init=nn.with_logical_partitioning(_ZEROS, ("embed",)), name="o_proj")(attn)
-    x = x + out
-    h = _layer_norm(cfg, "mlp_norm")(x)
-    h = _dense(cfg, 4 * cfg.width, ("embed", "mlp"), "mlp_in")(h)  # ViT's 4x MLP ratio [ours].
-    return x + _dense(cfg, cfg.width, ("mlp", "embed"), "mlp_out")(nn.gelu(h))
+    x = x + _HeadsProjection(cfg, False, name="o_proj")(attn)
+    h = layer_norm(cfg, "mlp_norm")(x)
+    h = dense(cfg, 4 * cfg.width, ("embed", "mlp"), "mlp_in")(h)  # ViT's 4x MLP ratio [ours].
+    return x + dense(cfg, cfg.width, ("mlp", "embed"), "mlp_out")(nn.gelu(h))
 
 
 class ImageAdapter(nn.Module):
@@ -111,14 +99,14 @@ class ImageAdapter(nn.Module):
       visible = jnp.ones(tokens.shape[:2], bool)
     # Hidden tokens contribute nothing: zero input, and no query attends to them.
     x = jnp.where(visible[..., None], tokens, 0).astype(jnp.dtype(cfg.dtype))
-    x = _dense(cfg, cfg.width, (None, "embed"), "input_proj")(x)
+    x = dense(cfg, cfg.width, (None, "embed"), "input_proj")(x)
     n = tokens.shape[1]
     # Each query keeps its own key, so a fully hidden image has no all-False row.
     mask = visible[:, None, :] | jnp.eye(n, dtype=bool)
     for i in range(cfg.depth):
       x = AdapterBlock(cfg, name=f"blocks_{i}")(x, mask)
     if cfg.depth:
-      x = _layer_norm(cfg, "final_norm")(x)
+      x = layer_norm(cfg, "final_norm")(x)
     # The projector (LLaVA-style Linear-GELU-Linear, the paper's "VisProjector") [ours].
-    x = _dense(cfg, cfg.out_width, ("embed", "mlp"), "projector_in")(x)
-    return _dense(cfg, cfg.out_width, ("mlp", "embed"), "projector_out")(nn.gelu(x))
+    x = dense(cfg, cfg.out_width, ("embed", "mlp"), "projector_in")(x)
+    return dense(cfg, cfg.out_width, ("mlp", "embed"), "projector_out")(nn.gelu(x))

@@ -23,10 +23,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-# MAR/DiT initialisers: xavier-uniform weights and zero biases, N(0, 0.02) for the timestep MLP.
-_XAVIER = nn.initializers.xavier_uniform()
+from mmar_jax.models.layers import ZEROS, dense, layer_norm
+
+# MAR/DiT initialisers: xavier-uniform weights and zero biases (layers.dense), N(0, 0.02) for the
+# timestep MLP.
 _TIME_INIT = nn.initializers.normal(0.02)
-_ZEROS = nn.initializers.zeros
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,24 +66,8 @@ def timestep_features(t: Float[Array, " b"], dim: int, max_period: float = 10_00
   return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
-def _dense(cfg: HeadConfig, features: int, axes: tuple[str | None, str | None], name: str,
-           kernel_init=_XAVIER) -> nn.Dense:
-  return nn.Dense(
-      features, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), name=name,
-      kernel_init=nn.with_logical_partitioning(kernel_init, axes),
-      bias_init=nn.with_logical_partitioning(_ZEROS, (axes[1],)))
-
-
 def _modulate(x: Float[Array, "b d"], shift: Float[Array, "b d"], scale: Float[Array, "b d"]):
   return x * (1 + scale) + shift
-
-
-def _layer_norm(cfg: HeadConfig, affine: bool, name: str) -> nn.LayerNorm:
-  # Statistics in float32: bfloat16 variances of small activations lose their low bits.
-  return nn.LayerNorm(epsilon=cfg.norm_eps, use_scale=affine, use_bias=affine, dtype=jnp.dtype(cfg.dtype),
-                      param_dtype=jnp.dtype(cfg.param_dtype), force_float32_reductions=True, name=name,
-                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-                      bias_init=nn.with_logical_partitioning(_ZEROS, ("norm",)))
 
 
 class ResBlock(nn.Module):
@@ -93,11 +78,11 @@ class ResBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Float[Array, "b d"], y: Float[Array, "b d"]) -> Float[Array, "b d"]:
     cfg = self.cfg
-    mod = _dense(cfg, 3 * cfg.width, ("embed", "mlp"), "adaLN_modulation", _ZEROS)(nn.silu(y))
+    mod = dense(cfg, 3 * cfg.width, ("embed", "mlp"), "adaLN_modulation", ZEROS)(nn.silu(y))
     shift, scale, gate = jnp.split(mod, 3, axis=-1)
-    h = _modulate(_layer_norm(cfg, True, "in_ln")(x), shift, scale)
-    h = _dense(cfg, cfg.width, ("embed", "mlp"), "mlp_in")(h)
-    h = _dense(cfg, cfg.width, ("mlp", "embed"), "mlp_out")(nn.silu(h))
+    h = _modulate(layer_norm(cfg, "in_ln")(x), shift, scale)
+    h = dense(cfg, cfg.width, ("embed", "mlp"), "mlp_in")(h)
+    h = dense(cfg, cfg.width, ("mlp", "embed"), "mlp_out")(nn.silu(h))
     return x + gate * h
 
 
@@ -109,10 +94,10 @@ class FinalLayer(nn.Module):
   @nn.compact
   def __call__(self, x: Float[Array, "b d"], y: Float[Array, "b d"]) -> Float[Array, "b c"]:
     cfg = self.cfg
-    mod = _dense(cfg, 2 * cfg.width, ("embed", "mlp"), "adaLN_modulation", _ZEROS)(nn.silu(y))
+    mod = dense(cfg, 2 * cfg.width, ("embed", "mlp"), "adaLN_modulation", ZEROS)(nn.silu(y))
     shift, scale = jnp.split(mod, 2, axis=-1)
-    h = _modulate(_layer_norm(cfg, False, "norm_final")(x), shift, scale)
-    return _dense(cfg, cfg.token_channels, ("embed", None), "linear", _ZEROS)(h)
+    h = _modulate(layer_norm(cfg, "norm_final", affine=False)(x), shift, scale)
+    return dense(cfg, cfg.token_channels, ("embed", None), "linear", ZEROS)(h)
 
 
 class DiffusionHead(nn.Module):
@@ -126,11 +111,11 @@ class DiffusionHead(nn.Module):
   @nn.compact
   def __call__(self, x_t: Float[Array, "b c"], t: Float[Array, " b"], z: Float[Array, "b dz"]) -> Float[Array, "b c"]:
     cfg = self.cfg
-    x = _dense(cfg, cfg.width, (None, "embed"), "input_proj")(x_t)
+    x = dense(cfg, cfg.width, (None, "embed"), "input_proj")(x_t)
     x = nn.with_logical_constraint(x, ("batch", "embed"))
-    temb = _dense(cfg, cfg.width, (None, "mlp"), "time_mlp_in", _TIME_INIT)(timestep_features(t, cfg.frequency_dim))
-    temb = _dense(cfg, cfg.width, ("mlp", "embed"), "time_mlp_out", _TIME_INIT)(nn.silu(temb))
-    y = temb + _dense(cfg, cfg.width, ("embed", "mlp"), "cond_embed")(z)
+    temb = dense(cfg, cfg.width, (None, "mlp"), "time_mlp_in", _TIME_INIT)(timestep_features(t, cfg.frequency_dim))
+    temb = dense(cfg, cfg.width, ("mlp", "embed"), "time_mlp_out", _TIME_INIT)(nn.silu(temb))
+    y = temb + dense(cfg, cfg.width, ("embed", "mlp"), "cond_embed")(z)
     y = nn.with_logical_constraint(y, ("batch", "embed"))
     block = nn.remat(ResBlock) if cfg.remat else ResBlock
     for i in range(cfg.depth):

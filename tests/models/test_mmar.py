@@ -253,3 +253,19 @@ def test_a_few_hundred_adam_steps_fit_both_losses():
   # irreducible part at high noise levels in 200 steps, hence its looser bound.
   assert start[0] > 2.0 and end[0] < 0.5, (start, end)  # CE from about log(64) to memorised text.
   assert end[1] < 0.75 * start[1], (start, end)
+
+
+def test_adapter_inits_sharded_with_heads_split_and_equal_outputs():
+  from mmar_jax.models.adapter import AdapterConfig, ImageAdapter
+  from mmar_jax.train import sharding
+  config = configs.load_config("configs/demo.py", ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"])
+  cfg = AdapterConfig.from_config(config)
+  tokens = jax.random.normal(jax.random.key(0), (4, 16, cfg.token_dim))
+  mesh, rules = sharding.make_mesh(config), config.mesh.logical_axis_rules
+  variables, _ = sharding.init_sharded(ImageAdapter(cfg).init, mesh, rules, jax.random.key(0), tokens)
+  kernel = variables["params"]["blocks_0"]["q_proj"]["kernel"]
+  assert kernel.addressable_shards[0].data.shape == (cfg.width // 2, cfg.heads // 2, cfg.width // cfg.heads)
+  expected = ImageAdapter(cfg).apply(jax.device_get(variables), tokens)
+  with sharding.activate(mesh, rules):
+    sharded = jax.jit(ImageAdapter(cfg).apply)(variables, tokens)
+  np.testing.assert_allclose(np.asarray(sharded), np.asarray(expected), atol=1e-5, rtol=0)
