@@ -94,13 +94,6 @@ def test_loop_compiles_once_across_guidance_and_temperature():
   assert sizes[0] == sizes[1] == sizes[2]
 
 
-def test_ddim_and_constant_guidance_run():
-  model, params = model_and_params()
-  out = generate_image.generate(model, params, CAPTIONS[:1], SPECIAL, jax.random.key(0),
-                                **settings(sampler="ddim", cfg_schedule="constant", num_steps=100))
-  assert out.shape == (1, N, C) and np.isfinite(np.asarray(out)).all()  # num_steps 100 > N is capped at N.
-
-
 def test_captions_with_special_tokens_are_refused():
   with pytest.raises(ValueError, match="special token ids"):
     generate_image.generation_prompts([[SPECIAL.im_start, 10, SPECIAL.boi]], SPECIAL, guided=False)
