@@ -137,6 +137,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.diffusion.ddim_eta = 0.0  # 0: deterministic DDIM.
   config.diffusion.cfg_scale = 3.0  # Classifier-free guidance; MAR reports ~3 with the linear schedule.
   config.diffusion.cfg_schedule = "linear"  # One of CFG_SCHEDULES: MAR ramps 1 -> cfg_scale over AR steps.
+  # AR steps of image generation: each reveals a share of the tokens in a random order, on MAR's
+  # cosine schedule. MAR uses 64 for 256 tokens (256 for its best FID); capped at the image's
+  # token count, since MAR's rule reveals at least one token a step.
+  config.diffusion.num_generation_steps = 64
 
   # Image tokenizer: pixels (NHWC, [-1, 1]) <-> continuous tokens [B, N, D]. Defaults are MAR's KL-16.
   config.tokenizer = ml_collections.ConfigDict()
@@ -341,7 +345,7 @@ def _validate_diffusion(d: ml_collections.ConfigDict) -> None:
                          ("cfg_schedule", CFG_SCHEDULES)):
     if d[field] not in allowed:
       _fail(f"diffusion.{field}", d[field], f"must be one of {allowed}")
-  for field in ("num_train_steps", "num_sampling_steps", "diffusion_batch_mul"):
+  for field in ("num_train_steps", "num_sampling_steps", "diffusion_batch_mul", "num_generation_steps"):
     if d[field] <= 0:
       _fail(f"diffusion.{field}", d[field], "must be positive")
   if d.num_sampling_steps > d.num_train_steps:
