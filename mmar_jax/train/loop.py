@@ -69,9 +69,9 @@ class _Preemption:
 
 
 def default_eval_fn(config: ml_collections.ConfigDict, workdir: str) -> EvalFn | None:
-  """The periodic evaluation hook (none yet: generation and understanding loops are pending)."""
-  del config, workdir
-  return None
+  """The periodic evaluation hook (train/evaluation.py), or None when config.train.eval_every is 0."""
+  from mmar_jax.train import evaluation  # Pulls in the inference loops; only runs that evaluate need it.
+  return evaluation.make_hook(config, workdir) if config.train.eval_every else None
 
 
 def build_optimizer(exp: experiment.Experiment, config: ml_collections.ConfigDict):
