@@ -67,3 +67,28 @@ def saved_config(mngr: ocp.CheckpointManager, step: int | None = None) -> ml_col
     raise FileNotFoundError(f"no checkpoint in {mngr.directory}")
   snapshot = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
   return configs.from_dict(snapshot)
+
+
+def load_params(workdir: str, step: int | None = None) -> tuple[Any, ml_collections.ConfigDict, int]:
+  """(params, config, step) of a training run's checkpoint (default: the newest readable one).
+
+  The params come back on the default device; only inference-sized models should go this way.
+  """
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"{workdir} has no checkpoints/ directory; is it a training --workdir?")
+  mngr = manager(directory, ml_collections.ConfigDict({"keep_checkpoints": 1}), read_only=True)
+  steps = sorted(mngr.all_steps(), reverse=True) if step is None else [step]
+  if not steps:
+    raise FileNotFoundError(f"{directory} holds no checkpoint")
+  for s in steps:
+    try:
+      restored = mngr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                          config=ocp.args.JsonRestore()))
+    except Exception as e:  # noqa: BLE001 - as in restore_latest.
+      if step is not None:
+        raise
+      print(f"warning: checkpoint step {s} in {directory} is unreadable ({type(e).__name__}); using the previous step")
+      continue
+    return restored["state"]["params"], configs.from_dict(restored["config"]), s
+  raise FileNotFoundError(f"no readable checkpoint in {directory}")

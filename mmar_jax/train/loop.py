@@ -85,31 +85,58 @@ def training_flops_per_row(config: ml_collections.ConfigDict) -> float:
   return flops.backbone_flops_per_token(cfg, seq_len).training * seq_len
 
 
+@dataclasses.dataclass
+class Run:
+  """A run's pieces: everything the loop (or a tool that writes a step-0 checkpoint) needs."""
+  config: ml_collections.ConfigDict
+  mesh: Any
+  exp: experiment.Experiment
+  tx: Any
+  state_shardings: state_lib.TrainState
+  data_iterator: Any
+  mngr: Any
+
+  def fresh_state(self) -> state_lib.TrainState:
+    return state_lib.create(self.exp.init_params, self.tx, self.config.seed, self.mesh,
+                            self.config.mesh.logical_axis_rules)[0]
+
+  def restore(self) -> state_lib.TrainState | None:
+    """The newest readable checkpoint, on this run's mesh, with the data iterator moved to it."""
+    if not self.mngr.all_steps():
+      return None
+    target = state_lib.abstract(self.exp.init_params, self.tx, self.config.seed, self.state_shardings)
+    return checkpointing.restore_latest(self.mngr, target, self.data_iterator)
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
+  mesh = sharding.make_mesh(config)
+  exp = experiment.build(config)
+  tx = build_optimizer(exp, config)
+  state_shardings = state_lib.shardings(exp.init_params, tx, mesh, config.mesh.logical_axis_rules)
+  data_iterator = iter(pipeline.build_dataset(pipeline.PipelineConfig.from_config(config), exp.text_tokenizer))
+  mngr = checkpointing.manager(os.path.join(workdir, "checkpoints"), config.train)
+  return Run(config=config, mesh=mesh, exp=exp, tx=tx, state_shardings=state_shardings,
+             data_iterator=data_iterator, mngr=mngr)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = True,
           eval_fn: EvalFn | None = None, max_steps: int | None = None) -> RunResult:
   """Trains to config.train.num_steps (or `max_steps`, for tests that stop a run early)."""
   start_time = time.monotonic()
   t = config.train
-  mesh = sharding.make_mesh(config)
-  rules = config.mesh.logical_axis_rules
-  exp = experiment.build(config)
-  tx = build_optimizer(exp, config)
-  schedule = optimizer.learning_rate_schedule(t)
-  train_step = step_lib.make_train_step(exp.model, exp.image_tokenizer, tx, schedule,
+  run = setup(config, workdir)
+  mesh, rules, exp, mngr, data_iterator = run.mesh, config.mesh.logical_axis_rules, run.exp, run.mngr, run.data_iterator
+  state = run.restore() if resume else None
+  if state is None:
+    state = run.fresh_state()
+  train_step = step_lib.make_train_step(exp.model, exp.image_tokenizer, run.tx, optimizer.learning_rate_schedule(t),
                                         step_lib.StepConfig.from_config(config))
-  state, state_shardings = state_lib.create(exp.init_params, tx, config.seed, mesh, rules)
-  data_iterator = iter(pipeline.build_dataset(pipeline.PipelineConfig.from_config(config), exp.text_tokenizer))
-  mngr = checkpointing.manager(os.path.join(workdir, "checkpoints"), t)
-  if resume and mngr.all_steps():
-    restored = checkpointing.restore_latest(mngr, state_lib.abstract(state_shardings, state), data_iterator)
-    if restored is not None:
-      state = restored
   step = int(state.step)
   stop_at = t.num_steps if max_steps is None else min(max_steps, t.num_steps)
   tokenizer_params = jax.device_put(exp.image_tokenizer_params(), NamedSharding(mesh, PartitionSpec()))
   with sharding.activate(mesh, rules):
-    jitted = jax.jit(train_step, in_shardings=(state_shardings, pipeline.batch_sharding(mesh), None),
-                     out_shardings=(state_shardings, None), donate_argnums=0)
+    jitted = jax.jit(train_step, in_shardings=(run.state_shardings, pipeline.batch_sharding(mesh), None),
+                     out_shardings=(run.state_shardings, None), donate_argnums=0)
   writer = metrics.Writer(metrics.logdir(workdir))
   window = _Window(writer, config, metrics.peak_flops_per_device(jax.devices()[0], t.peak_flops_per_device))
   reason = "done"

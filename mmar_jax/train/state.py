@@ -34,9 +34,18 @@ class TrainState:
     return jax.random.fold_in(jax.random.wrap_key_data(self.rng), self.step)
 
 
-def create(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation, seed: int, mesh: Mesh,
-           rules) -> tuple[TrainState, TrainState]:
-  """A sharded fresh state and the state's shardings (the same tree of NamedShardings).
+def _init_fn(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation):
+  def init(seed):
+    key = jax.random.key(seed)
+    params = nn.meta.unbox(init_params(jax.random.fold_in(key, 0)))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=jax.random.key_data(jax.random.fold_in(key, 1)))
+  return init
+
+
+def shardings(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation, mesh: Mesh, rules
+              ) -> TrainState:
+  """The state's NamedShardings, from the params' logical axes, without materialising anything.
 
   `init_params(key)` returns the model's boxed (logically partitioned) params.
   """
@@ -49,25 +58,27 @@ def create(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransforma
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_shardings,
                                           transform_non_params=lambda _: replicated)
-    shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated)
+  return TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated)
 
-    def init(seed):
-      key = jax.random.key(seed)
-      params = nn.meta.unbox(init_params(jax.random.fold_in(key, 0)))
-      return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                        rng=jax.random.key_data(jax.random.fold_in(key, 1)))
 
-    state = jax.jit(init, out_shardings=shardings)(seed)
-  return state, shardings
+def abstract(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation, seed: int,
+             state_shardings: TrainState) -> TrainState:
+  """ShapeDtypeStructs with shardings: the restore target for a checkpoint onto any mesh."""
+  shapes = jax.eval_shape(_init_fn(init_params, tx), seed)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, state_shardings)
+
+
+def create(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation, seed: int, mesh: Mesh,
+           rules) -> tuple[TrainState, TrainState]:
+  """A fresh state, every leaf born on its own shards, and the state's shardings."""
+  state_shardings = shardings(init_params, tx, mesh, rules)
+  with sharding.activate(mesh, rules):
+    state = jax.jit(_init_fn(init_params, tx), out_shardings=state_shardings)(seed)
+  return state, state_shardings
 
 
 def _is_boxed(x) -> bool:
   return isinstance(x, nn.meta.AxisMetadata)
-
-
-def abstract(shardings: TrainState, state_shapes: TrainState) -> TrainState:
-  """ShapeDtypeStructs with shardings: the restore target for a checkpoint onto any mesh."""
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state_shapes, shardings)
 
 
 def bytes_per_device(tree: Any) -> dict[str, int]:
