@@ -182,6 +182,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.tfds_question_key = ""  # Set both to read question / answer pairs.
   config.data.tfds_answer_key = ""
   config.data.synthetic_records = 100_000  # Size of the synthetic shapes dataset (one epoch).
+  config.data.synthetic_noisy_backgrounds = True  # Pixel noise on half the backgrounds (False: all plain).
   config.data.seq_len = 1024  # Tokens per row, text and image slots together.
   config.data.batch_size = 256  # Global rows per step, split evenly over hosts.
   config.data.generation_fraction = 0.5  # Share of records made generation sequences [ours].

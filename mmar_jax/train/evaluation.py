@@ -31,7 +31,8 @@ MAX_ANSWER_TOKENS = 32
 
 def held_out_records(config, count: int) -> list[dict]:
   cfg = synthetic.SyntheticConfig(num_records=count, image_size=config.tokenizer.image_size,
-                                  seed=config.data.seed + HELD_OUT_SEED_OFFSET)
+                                  seed=config.data.seed + HELD_OUT_SEED_OFFSET,
+                                  noisy_backgrounds=config.data.synthetic_noisy_backgrounds)
   return [synthetic.sample(cfg, i) for i in range(count)]
 
 
@@ -72,9 +73,28 @@ def evaluate(exp: experiment.Experiment, params: Any, records: list[dict], *, se
     understanding.append({"question": question, "expected": expected, "answer": answer,
                           "correct": _normalise(answer) == _normalise(expected)})
   summary = {f"generation/{k}": float(np.mean([j[k] for j in judged])) for k in judged[0]}
+  # Chance: each image judged against another record's labels, so a model that ignores its
+  # caption (or draws typical-looking shapes) scores this much.
+  mismatched = [synthetic_judge.score(image, records[(i + 1) % len(records)]["labels"])
+                for i, image in enumerate(images)]
+  summary.update({f"generation/{k}_chance": float(np.mean([j[k] for j in mismatched])) for k in judged[0]})
   summary["understanding/accuracy"] = float(np.mean([u["correct"] for u in understanding]))
+  summary["understanding/majority_baseline"] = _majority_baseline(understanding)
   return {"generation": [dict(caption=c, **j) for c, j in zip(captions, judged)], "images": images,
           "understanding": understanding, "summary": summary}
+
+
+def _question_kind(question: str) -> str:
+  return " ".join(question.split()[:2])
+
+
+def _majority_baseline(understanding: list[dict]) -> float:
+  """Accuracy of always giving the most common expected answer of each question kind."""
+  by_kind: dict[str, list[str]] = {}
+  for u in understanding:
+    by_kind.setdefault(_question_kind(u["question"]), []).append(_normalise(u["expected"]))
+  hits = sum(max(answers.count(a) for a in set(answers)) for answers in by_kind.values())
+  return hits / len(understanding)
 
 
 def _normalise(text: str) -> str:
@@ -104,17 +124,20 @@ def grid_png(images: np.ndarray, captions: list[str], path: str, *, scale: int =
 
 
 def table(result: dict[str, Any]) -> str:
-  """A plain-text report: per-attribute generation correctness and question-answering accuracy."""
+  """A plain-text report: generation correctness and answer accuracy, each beside its chance level."""
   s = result["summary"]
-  lines = ["held-out evaluation", f"  {'generated images (judged from pixels)':<44}{'':>8}"]
+  lines = [f"{'held-out evaluation':<40}{'model':>8}{'chance':>8}", "generated images, judged from pixels:"]
   for key in ("colour", "shape", "position", "size", "all", "count"):
-    lines.append(f"    {key:<42}{s[f'generation/{key}']:>8.1%}")
-  lines.append(f"  {'questions answered exactly':<44}{s['understanding/accuracy']:>8.1%}")
+    lines.append(f"  {key:<38}{s[f'generation/{key}']:>8.1%}{s[f'generation/{key}_chance']:>8.1%}")
+  lines.append(f"{'questions answered exactly':<40}{s['understanding/accuracy']:>8.1%}"
+               f"{s['understanding/majority_baseline']:>8.1%}")
   by_kind: dict[str, list[bool]] = {}
   for u in result["understanding"]:
-    by_kind.setdefault(" ".join(u["question"].split()[:2]), []).append(u["correct"])
+    by_kind.setdefault(_question_kind(u["question"]), []).append(u["correct"])
   for kind, hits in sorted(by_kind.items()):
-    lines.append(f"    {kind + ' ...':<42}{np.mean(hits):>8.1%}  ({sum(hits)}/{len(hits)})")
+    lines.append(f"  {kind + ' ...':<38}{np.mean(hits):>8.1%}  ({sum(hits)}/{len(hits)})")
+  lines.append("chance: images judged against another caption's labels; answers: the most common answer of "
+               "each question kind")
   return "\n".join(lines)
 
 
