@@ -94,7 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.adapter_depth = 2  # Transformer blocks; 0 = a linear map from the token width.
   config.model.adapter_width = 1024
   config.model.adapter_heads = 16
-  config.model.adapter_remat = False  # Recompute each adapter block in the backward pass.
+  config.model.adapter_remat = False  # nn.remat each adapter block: recompute its activations in the backward pass.
   # MAR-style masked generation: the share of an image's tokens masked per sequence, uniform in
   # [min, max]. Stage 1 of the paper uses [0.7, 1.0], stage 2 [0, 1.0] [paper].
   config.model.mask_ratio_min = 0.7
@@ -116,7 +116,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.head.norm_eps = 1e-6
   config.head.dtype = "bfloat16"  # Compute dtype; the loss, the schedule and the sampler stay float32.
   config.head.param_dtype = "float32"
-  config.head.remat = False  # Recompute each residual block in the backward pass.
+  config.head.remat = False  # nn.remat each residual block: recompute its activations in the backward pass.
 
   # The diffusion process around the head (MAR's, with the paper's v-prediction).
   config.diffusion = ml_collections.ConfigDict()
