@@ -33,6 +33,7 @@ def logits(cfg, params, ids):
   return Backbone(cfg).apply({"params": params}, ids).logits
 
 
+@functools.lru_cache(maxsize=None)  # Trees of immutable jax arrays: safe to share between tests.
 def init(cfg=CFG):
   return nn.meta.unbox(Backbone(cfg).init(jax.random.key(0), IDS))["params"]
 
@@ -92,14 +93,15 @@ def test_merge_refuses_lora_params_with_a_rank0_config():
     lora.merge(init(), BASE)
 
 
+@functools.lru_cache(maxsize=None)
 def mmar_setup(rank=RANK):
   config = test_mmar.tiny_config()
   config.model.lora.rank, config.model.lora.alpha = rank, 8.0
   configs.validate(config)
   cfg = MMARConfig.from_config(config, test_mmar.MASK_ID)
   batch, image_tokens, generate_mask = test_mmar.make_batch()
-  params = nn.meta.unbox(MMAR(cfg).init(jax.random.key(0), batch, image_tokens, generate_mask,
-                                        jax.random.key(1)))["params"]
+  params = dict(nn.meta.unbox(MMAR(cfg).init(jax.random.key(0), batch, image_tokens, generate_mask,
+                                             jax.random.key(1)))["params"])
   # The head's zero-initialised output layers would block gradients into z (DiT); perturb them.
   leaves, treedef = jax.tree.flatten(params["head"])
   keys = jax.random.split(jax.random.key(7), len(leaves))
