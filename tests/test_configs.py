@@ -40,6 +40,7 @@ def test_override_sets_the_field():
     ("model.adapter_heads=3", r"config\.model\.adapter_heads=3 must be positive and divide"),
     ("model.mask_ratio_min=1.5", r"config\.model\.mask_ratio_min=1\.5"),
     ("loss.diffusion_weight=-1.0", r"config\.loss\.diffusion_weight=-1\.0 must be non-negative"),
+    ("diffusion.num_generation_steps=0", r"config\.diffusion\.num_generation_steps=0 must be positive"),
 ])
 def test_bad_values_fail_naming_the_field(override, message):
   with pytest.raises(configs.ConfigError, match=message):

@@ -19,6 +19,7 @@ USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, ValueError)
 
 # name -> (module, one-line description shown by `mmar-jax --help`)
 SUBCOMMANDS = {
+    "train": ("mmar_jax.cli.train", "train or resume a model from a config (checkpoints, metrics, evaluation)"),
     "info": ("mmar_jax.cli.info", "print a config's parameter counts and run one sharded forward pass"),
     "import-hf": ("mmar_jax.cli.import_hf", "Hugging Face Qwen2 directory -> Orbax checkpoint"),
     "export-hf": ("mmar_jax.cli.export_hf", "Orbax checkpoint -> Hugging Face Qwen2 directory"),
