@@ -12,6 +12,11 @@ from mmar_jax import configs
 def get_config():
   config = configs.base_config()
   config.name = "mmar_0p5b"
+  # The "image expert" reading of the paper (shared/MMAR.md): LLM frozen, LoRA on every linear map.
+  # Rank 128, alpha 256 is LLaVA-1.5's LoRA recipe for adapting an LLM to image tokens; the paper
+  # publishes no rank [ours]. config.model.lora.rank=0 is full fine-tuning.
+  config.model.lora.rank = 128
+  config.model.lora.alpha = 256.0
   # The Qwen2 model directory the README has users download; override with --config.data.tokenizer=DIR.
   config.data.tokenizer = "Qwen2-0.5B"
   return config

@@ -21,6 +21,11 @@ def get_config():
   config.mesh.fsdp = -1  # ZeRO-3 over every device by default.
   config.head.depth = 12  # MAR-H's head: the paper does not give MMAR's head size.
   config.head.width = 1536
+  # The "image expert" reading of the paper (shared/MMAR.md): LLM frozen, LoRA on every linear map.
+  # Rank 128, alpha 256 is LLaVA-1.5's LoRA recipe for adapting an LLM to image tokens; the paper
+  # publishes no rank [ours]. config.model.lora.rank=0 is full fine-tuning.
+  config.model.lora.rank = 128
+  config.model.lora.alpha = 256.0
   # The Qwen2 model directory the README has users download; override with --config.data.tokenizer=DIR.
   config.data.tokenizer = "Qwen2-7B"
   return config

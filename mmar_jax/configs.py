@@ -29,6 +29,8 @@ SAMPLERS = ("ddpm", "ddim")
 CFG_SCHEDULES = ("linear", "constant")
 TOKENIZER_KINDS = ("patch", "kl16")
 DATA_SOURCES = ("synthetic", "manifest", "tfds")
+# The backbone projections LoRA can adapt (mmar_jax/models/lora.py: TARGETS).
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 # Logical axis -> mesh axis (or axes). One table decides every sharding: parameters and
 # activations name logical axes only. flax skips a mesh axis that an earlier dimension of the
@@ -45,6 +47,7 @@ DEFAULT_LOGICAL_AXIS_RULES = (
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("norm", None),
+    ("lora", None),  # LoRA's rank axis: small, replicated.
 )
 
 
@@ -57,6 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
   # The Qwen2 decoder. Defaults are Qwen2-0.5B's, the paper's MMAR-0.5B backbone.
   config.model = ml_collections.ConfigDict()
   config.model.vocab_size = 151936
+  # Rows of the Hugging Face checkpoint the table was imported from (import-hf records it; 0 = not
+  # imported). Rows past it are MMAR's own; export-hf writes only the first hf_vocab_size rows.
+  config.model.hf_vocab_size = 0
   config.model.hidden_size = 896
   config.model.intermediate_size = 4864
   config.model.num_layers = 24
@@ -73,11 +79,22 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.scan_layers = True  # nn.scan over layers: compile time independent of depth.
   config.model.remat_policy = "none"  # One of REMAT_POLICIES.
   config.model.attention_impl = "auto"  # jax.nn.dot_product_attention's: auto = cuDNN on GPU in 16 bits, else XLA.
+  # LoRA on the backbone's projections (mmar_jax/models/lora.py). rank 0 = full fine-tuning;
+  # rank > 0 freezes the base weights and trains the factors, the adapter, the head and the
+  # embedding rows (the "image expert" reading of the paper, shared/MMAR.md) [ours, inferred].
+  config.model.lora = ml_collections.ConfigDict()
+  config.model.lora.rank = 0
+  config.model.lora.alpha = 256.0  # The update is scaled by alpha / rank [LoRA].
+  # Every linear map of the decoder: the LLM must learn a new modality, not a new style, and LoRA
+  # on all linear layers is what matches full fine-tuning (QLoRA, Dettmers et al. 2023) and is
+  # LLaVA-1.5's LoRA recipe; ('q', 'v') is the original LoRA paper's cheaper choice [ours].
+  config.model.lora.targets = LORA_TARGETS
   # The image input adapter (the paper's EmbeddingViT + VisProjector; sizes unpublished [ours]):
   # a bidirectional transformer over one image's tokens, then an MLP to hidden_size.
   config.model.adapter_depth = 2  # Transformer blocks; 0 = a linear map from the token width.
   config.model.adapter_width = 1024
   config.model.adapter_heads = 16
+  config.model.adapter_remat = False  # nn.remat each adapter block: recompute its activations in the backward pass.
   # MAR-style masked generation: the share of an image's tokens masked per sequence, uniform in
   # [min, max]. Stage 1 of the paper uses [0.7, 1.0], stage 2 [0, 1.0] [paper].
   config.model.mask_ratio_min = 0.7
@@ -123,7 +140,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.head.norm_eps = 1e-6
   config.head.dtype = "bfloat16"  # Compute dtype; the loss, the schedule and the sampler stay float32.
   config.head.param_dtype = "float32"
-  config.head.remat = False  # Recompute each residual block in the backward pass.
+  config.head.remat = False  # nn.remat each residual block: recompute its activations in the backward pass.
 
   # The diffusion process around the head (MAR's, with the paper's v-prediction).
   config.diffusion = ml_collections.ConfigDict()
@@ -240,6 +257,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
                          ("attention_impl", ATTENTION_IMPLS)):
     if m[field] not in allowed:
       _fail(f"model.{field}", m[field], f"must be one of {allowed}")
+  if not 0 <= m.hf_vocab_size <= m.vocab_size:
+    _fail("model.hf_vocab_size", m.hf_vocab_size, f"must be in [0, config.model.vocab_size={m.vocab_size}] "
+          "(0 = not imported from Hugging Face)")
+  _validate_lora(m)
   if m.adapter_depth < 0:
     _fail("model.adapter_depth", m.adapter_depth, "must be >= 0 (0 = a linear map)")
   if m.adapter_width <= 0:
@@ -308,6 +329,20 @@ def validate_data(config: ml_collections.ConfigDict) -> None:
     _fail("data.num_workers", d.num_workers, "must be >= 0 (0 decodes in the training process)")
   if not d.tokenizer:
     _fail("data.tokenizer", d.tokenizer, "must be 'demo' or a directory holding tokenizer.json")
+
+
+def _validate_lora(m: ml_collections.ConfigDict) -> None:
+  lora = m.lora
+  if not isinstance(lora.rank, int) or not 0 <= lora.rank <= m.hidden_size:
+    _fail("model.lora.rank", lora.rank, f"must be an int in [0, config.model.hidden_size={m.hidden_size}] "
+          "(0 = full fine-tuning)")
+  if not lora.alpha > 0:
+    _fail("model.lora.alpha", lora.alpha, "must be positive (the update is scaled by alpha / rank)")
+  targets = tuple(lora.targets)
+  unknown = [t for t in targets if t not in LORA_TARGETS]
+  if unknown or not targets or len(set(targets)) != len(targets):
+    _fail("model.lora.targets", targets, f"must be distinct names from {LORA_TARGETS}, at least one"
+          + (f"; unknown: {unknown}" if unknown else ""))
 
 
 def _validate_train(t: ml_collections.ConfigDict) -> None:

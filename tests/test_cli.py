@@ -11,7 +11,8 @@ import pytest
 from safetensors import safe_open
 
 from mmar_jax import checkpoint
-from tests.convert.test_hf_qwen2 import make_hf_model
+from tests.convert.test_hf_qwen2 import VOCAB, make_hf_model
+from tests.convert.test_hf_vocab import write_tokenizer
 
 
 def mmar_jax(*args, check=True):
@@ -31,9 +32,13 @@ def test_help_lists_subcommands():
 
 def test_import_then_export_through_the_cli(tmp_path):
   _, hf_dir = make_hf_model(tmp_path, tie=False)
+  write_tokenizer(hf_dir, VOCAB)  # Every row taken: the special tokens' rows grow the table.
   mmar_jax("import-hf", f"--hf-dir={hf_dir}", f"--out={tmp_path / 'ckpt'}", "--config=configs/demo.py")
   config = checkpoint.load_config(tmp_path / "ckpt")
   assert config.name == "demo" and config.model.hidden_size == 64 and not config.model.tie_word_embeddings
+  assert (config.model.vocab_size, config.model.hf_vocab_size) == (128, VOCAB)
+  params, _ = checkpoint.load(tmp_path / "ckpt")
+  assert params["backbone"]["embed_tokens"].shape == (128, 64)
   mmar_jax("export-hf", f"--ckpt={tmp_path / 'ckpt'}", f"--out={tmp_path / 'back'}")
   with safe_open(hf_dir / "model.safetensors", "numpy") as a, safe_open(tmp_path / "back" / "model.safetensors",
                                                                         "numpy") as b:

@@ -1,6 +1,8 @@
 """mmar-jax export-hf: an mmar_jax checkpoint's backbone -> a Hugging Face Qwen2 directory.
 
 The result loads with `transformers.AutoModelForCausalLM.from_pretrained(DIR)` and none of our code.
+LoRA factors are folded into the weights (lora.merge), and the table keeps only the imported
+checkpoint's rows (config.model.hf_vocab_size), so the original tokenizer still fits it.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from absl import flags
 
 from mmar_jax import checkpoint
 from mmar_jax.convert import hf_qwen2
+from mmar_jax.models import lora
 from mmar_jax.models.backbone import BackboneConfig
 
 _CKPT = flags.DEFINE_string("ckpt", None, "mmar_jax checkpoint directory.", required=True)
@@ -21,6 +24,10 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --out if it exists."
 def main(argv):
   del argv
   params, config = checkpoint.load(_CKPT.value)
-  hf_qwen2.save(BackboneConfig.from_config(config.model), params["backbone"], _OUT.value, dtype=_DTYPE.value,
-                max_shard_bytes=_MAX_SHARD.value, overwrite=_OVERWRITE.value)
+  cfg = BackboneConfig.from_config(config.model)
+  backbone = params["backbone"]
+  if lora.has_lora(backbone):
+    backbone = lora.merge(backbone, cfg)
+  hf_qwen2.save(cfg, backbone, _OUT.value, dtype=_DTYPE.value, max_shard_bytes=_MAX_SHARD.value,
+                overwrite=_OVERWRITE.value, vocab_size=config.model.hf_vocab_size or None)
   print(f"exported {_CKPT.value} -> {_OUT.value} ({_DTYPE.value})")

@@ -6,10 +6,18 @@
 Reading and writing go through safetensors only: neither torch nor transformers is needed.
 Each parameter is a transpose/reshape of one HF tensor (`_LAYER_TENSORS`), so an import
 followed by an export reproduces the tensors bit for bit.
+
+MMAR's special tokens (`<boi>`, `<eoi>`, `<mask>`) need embedding rows. `load(vocab_size=...,
+new_rows=...)` makes them, in this one place: the table (and an untied lm_head) grows to
+`vocab_size`, and the rows past the checkpoint's and the `new_rows` inside it start at the mean
+of the trained rows. Qwen2's table is padded past its tokenizer (151936 rows for 151646 tokens,
+the extra rows never trained, per Qwen's maintainers), so there the special tokens take padding
+rows and nothing grows. `save(vocab_size=...)` writes back only the checkpoint's own rows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -210,6 +218,9 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], cfg: BackboneConfig) -> di
 
 def params_to_hf(params: Mapping[str, Any], cfg: BackboneConfig) -> dict[str, np.ndarray]:
   """Our params tree -> HF tensor name -> array (float32, or whatever dtype params hold)."""
+  if any("lora_a" in jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)):
+    raise ValueError("params hold LoRA factors, which Qwen2 has no tensors for; fold them in first with "
+                     "mmar_jax.models.lora.merge(params, cfg)")
   params = jax.tree.map(np.asarray, params)
   tensors = {}
   for path, (name, (_, to_hf)) in _TOP_TENSORS.items():
@@ -223,26 +234,84 @@ def params_to_hf(params: Mapping[str, Any], cfg: BackboneConfig) -> dict[str, np
   return {k: np.ascontiguousarray(v) for k, v in tensors.items()}
 
 
+# ----------------------------------------------------------------------------- vocabulary
+
+
+def resize_vocab(cfg: BackboneConfig, params: Mapping[str, Any], vocab_size: int, *, new_rows=(),
+                 mean_rows: int | None = None) -> tuple[BackboneConfig, dict[str, Any]]:
+  """Grows `embed_tokens` [v, d] (and an untied `lm_head` [d, v]) to `vocab_size` rows.
+
+  Rows past the old size, and the ids in `new_rows` (tokens the checkpoint never trained, such
+  as Qwen2's padding rows that MMAR's special tokens take), are set to the mean of the first
+  `mean_rows` rows (default: all old rows), in both tables. A new token then starts as an average
+  token rather than as noise whose norm is unlike any real token's (Hewitt, "Initializing New
+  Word Embeddings for Pretrained Language Models", 2021, common practice since) [ours].
+  Every other row is kept bit for bit.
+  """
+  old = cfg.vocab_size
+  if vocab_size < old:
+    raise HFCheckpointError(f"vocab_size={vocab_size} is smaller than the checkpoint's {old} rows; the import "
+                            "only grows the table (export drops rows)")
+  mean_rows = old if mean_rows is None else mean_rows
+  rows = sorted(set(range(old, vocab_size)) | {int(i) for i in new_rows})
+  if rows and not (0 < mean_rows <= old and rows[-1] < vocab_size):
+    raise HFCheckpointError(f"new rows {rows[0]}..{rows[-1]} or mean_rows={mean_rows} do not fit a table of "
+                            f"{old} rows grown to {vocab_size}")
+
+  def grow(table: np.ndarray) -> np.ndarray:  # [v, d], rows are tokens.
+    table = np.asarray(table)
+    out = np.concatenate([table, np.zeros((vocab_size - old, table.shape[1]), table.dtype)])
+    out[rows] = table[:mean_rows].astype(np.float64).mean(axis=0).astype(table.dtype)
+    return out
+
+  params = dict(params, embed_tokens=grow(params["embed_tokens"]))
+  if not cfg.tie_word_embeddings:
+    params["lm_head"] = grow(np.asarray(params["lm_head"]).T).T
+  return dataclasses.replace(cfg, vocab_size=vocab_size), params
+
+
+def truncate_vocab(cfg: BackboneConfig, params: Mapping[str, Any], vocab_size: int
+                   ) -> tuple[BackboneConfig, dict[str, Any]]:
+  """The first `vocab_size` rows of the table (and columns of an untied lm_head): the HF shape."""
+  if not 0 < vocab_size <= cfg.vocab_size:
+    raise ValueError(f"vocab_size={vocab_size} must be in [1, {cfg.vocab_size}] (the table's rows)")
+  params = dict(params, embed_tokens=params["embed_tokens"][:vocab_size])
+  if not cfg.tie_word_embeddings:
+    params["lm_head"] = params["lm_head"][:, :vocab_size]
+  return dataclasses.replace(cfg, vocab_size=vocab_size), params
+
+
 # ----------------------------------------------------------------------------- load / save
 
 
-def load(path: str | os.PathLike, **runtime) -> tuple[BackboneConfig, dict[str, Any]]:
-  """Reads an HF Qwen2 directory. `runtime` fields (dtype, scan_layers, ...) go into the config."""
+def load(path: str | os.PathLike, *, vocab_size: int | None = None, new_rows=(), mean_rows: int | None = None,
+         **runtime) -> tuple[BackboneConfig, dict[str, Any]]:
+  """Reads an HF Qwen2 directory. `runtime` fields (dtype, scan_layers, ...) go into the config.
+
+  With `vocab_size` or `new_rows`, the table is resized for new tokens (`resize_vocab`); the
+  returned config's vocab_size is then the new one.
+  """
   path = Path(path)
   config_file = path / "config.json"
   if not config_file.exists():
     raise HFCheckpointError(f"{config_file}: not found; is {path} a Hugging Face model directory?")
   cfg = config_from_hf(json.loads(config_file.read_text()), source=str(config_file), **runtime)
-  return cfg, params_from_hf(read_tensors(path, cfg), cfg)
+  params = params_from_hf(read_tensors(path, cfg), cfg)
+  if vocab_size is not None or len(new_rows):
+    cfg, params = resize_vocab(cfg, params, vocab_size or cfg.vocab_size, new_rows=new_rows, mean_rows=mean_rows)
+  return cfg, params
 
 
 _SAVE_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 
 
 def save(cfg: BackboneConfig, params: Mapping[str, Any], path: str | os.PathLike, *,
-         dtype: str = "float32", max_shard_bytes: int = 5 * 2**30, overwrite: bool = False) -> None:
+         dtype: str = "float32", max_shard_bytes: int = 5 * 2**30, overwrite: bool = False,
+         vocab_size: int | None = None) -> None:
   """Writes an HF Qwen2 directory, sharded above `max_shard_bytes`.
 
+  `vocab_size` (config.model.hf_vocab_size after an import) keeps only the table's first rows,
+  the original checkpoint's shape, so the original tokenizer and HF tooling load it unchanged.
   The files are written to a temporary directory beside `path` and renamed into place, so a
   failure leaves nothing half-written at `path`.
   """
@@ -251,6 +320,8 @@ def save(cfg: BackboneConfig, params: Mapping[str, Any], path: str | os.PathLike
   path = Path(path)
   if path.exists() and not overwrite:
     raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+  if vocab_size is not None:
+    cfg, params = truncate_vocab(cfg, params, vocab_size)
   tensors = {k: v.astype(_SAVE_DTYPES[dtype]) for k, v in params_to_hf(params, cfg).items()}
   path.parent.mkdir(parents=True, exist_ok=True)
   staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))

@@ -56,17 +56,35 @@ def build_demo_tokenizer() -> Tokenizer:
   return tokenizer
 
 
-def load(spec: str) -> Tokenizer:
-  """'demo', a tokenizer.json path, or a model directory holding tokenizer.json; special tokens added."""
-  if spec == "demo":
-    return build_demo_tokenizer()
+def tokenizer_file(spec: str) -> str:
+  """The tokenizer.json that `spec` (a model directory or the file itself) names."""
   path = os.path.join(spec, "tokenizer.json") if os.path.isdir(spec) else spec
   if not os.path.isfile(path):
     raise FileNotFoundError(f"config.data.tokenizer={spec!r}: no tokenizer.json at {path} (give 'demo', a "
                             "model directory with tokenizer.json, or the file itself)")
-  tokenizer = Tokenizer.from_file(path)
+  return path
+
+
+def load(spec: str) -> Tokenizer:
+  """'demo', a tokenizer.json path, or a model directory holding tokenizer.json; special tokens added."""
+  if spec == "demo":
+    return build_demo_tokenizer()
+  tokenizer = Tokenizer.from_file(tokenizer_file(spec))
   add_special_tokens(tokenizer)
   return tokenizer
+
+
+def new_token_ids(spec: str) -> tuple[int, tuple[int, ...]]:
+  """(the vocabulary size of `spec`'s tokenizer as shipped, the ids `add_special_tokens` gives it).
+
+  `tokenizers` numbers added tokens after every id the tokenizer has, so for Qwen2 (151646 ids,
+  its control tokens included) `<boi>`, `<eoi>`, `<mask>` become 151646..151648, inside the
+  model's 151936-row table. The HF import gives exactly these rows their initial values.
+  """
+  tokenizer = Tokenizer.from_file(tokenizer_file(spec))
+  size = tokenizer.get_vocab_size(with_added_tokens=True)
+  ids = dataclasses.astuple(add_special_tokens(tokenizer))
+  return size, tuple(sorted(i for i in ids if i >= size))
 
 
 def save(tokenizer: Tokenizer, directory: str) -> str:

@@ -36,6 +36,7 @@ class AdapterConfig:
   norm_eps: float = 1e-6
   dtype: str = "float32"
   param_dtype: str = "float32"
+  remat: bool = False  # Recompute each block's activations in the backward pass.
 
   @classmethod
   def from_config(cls, config) -> AdapterConfig:
@@ -43,7 +44,7 @@ class AdapterConfig:
     m = config.model
     return cls(token_dim=image_token_dim(config), depth=m.adapter_depth, width=m.adapter_width,
                heads=m.adapter_heads, out_width=m.hidden_size, norm_eps=m.rms_norm_eps, dtype=m.dtype,
-               param_dtype=m.param_dtype)
+               param_dtype=m.param_dtype, remat=m.adapter_remat)
 
 
 class _HeadsProjection(nn.Module):
@@ -103,8 +104,9 @@ class ImageAdapter(nn.Module):
     n = tokens.shape[1]
     # Each query keeps its own key, so a fully hidden image has no all-False row.
     mask = visible[:, None, :] | jnp.eye(n, dtype=bool)
+    block = nn.remat(AdapterBlock) if cfg.remat else AdapterBlock
     for i in range(cfg.depth):
-      x = AdapterBlock(cfg, name=f"blocks_{i}")(x, mask)
+      x = block(cfg, name=f"blocks_{i}")(x, mask)
     if cfg.depth:
       x = layer_norm(cfg, "final_norm")(x)
     # The projector (LLaVA-style Linear-GELU-Linear, the paper's "VisProjector") [ours].

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from mmar_jax import configs
-from mmar_jax.models import masks
+from mmar_jax.models import lora, masks
 
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -50,13 +50,24 @@ class BackboneConfig:
   scan_layers: bool = True
   remat_policy: str = "none"
   attention_impl: str = "auto"
+  # LoRA (config.model.lora): rank 0 = none, full fine-tuning.
+  lora_rank: int = 0
+  lora_alpha: float = 256.0
+  lora_targets: tuple[str, ...] = configs.LORA_TARGETS  # q, k, v, o, gate, up, down.
 
   @classmethod
   def from_config(cls, model_config) -> BackboneConfig:
     names = {f.name for f in dataclasses.fields(cls)}
     values = {k: model_config[k] for k in names if k in model_config}
     values["head_dim"] = configs.head_dim(model_config)
+    if "lora" in model_config:
+      values.update(lora_rank=model_config.lora.rank, lora_alpha=float(model_config.lora.alpha),
+                    lora_targets=tuple(model_config.lora.targets))
     return cls(**values)
+
+  def lora_rank_of(self, target: str) -> int:
+    """The LoRA rank of projection `target` ('q', ..., 'down'): 0 where LoRA is off."""
+    return self.lora_rank if target in self.lora_targets else 0
 
   @property
   def compute_dtype(self):
@@ -118,12 +129,23 @@ def rotary_embedding(x: Float[Array, "b l n h"], positions: Int[Array, "b l"], t
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
+def _with_lora(module: nn.Module, cfg: BackboneConfig, target: str, x, y, in_axes, out_axes):
+  """y plus the LoRA update of projection `target` when config.model.lora adapts it."""
+  rank = cfg.lora_rank_of(target)
+  if not rank:
+    return y
+  return y + lora.lora_delta(module, x, rank=rank, alpha=cfg.lora_alpha, in_axes=in_axes,
+                             out_shape=y.shape[x.ndim - len(in_axes):], out_axes=out_axes,
+                             dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
+
+
 class HeadProjection(nn.Module):
   """[b, l, d] -> [b, l, n, h]: a kernel [d, n, h] so heads shard on their own logical axis."""
 
   cfg: BackboneConfig
   num_heads: int
   heads_axis: str
+  target: str  # Its name in config.model.lora.targets: 'q', 'k' or 'v'.
 
   @nn.compact
   def __call__(self, x: Float[Array, "b l d"]) -> Float[Array, "b l n h"]:
@@ -133,6 +155,7 @@ class HeadProjection(nn.Module):
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.heads_axis, "head_dim")),
                       (self.num_heads, cfg.head_dim), cfg.weight_dtype)
     y = jnp.einsum("bld,dnh->blnh", x.astype(cfg.compute_dtype), kernel.astype(cfg.compute_dtype))
+    y = _with_lora(self, cfg, self.target, x, y, ("embed",), (self.heads_axis, "head_dim"))
     return y + bias.astype(cfg.compute_dtype)
 
 
@@ -146,7 +169,29 @@ class OutputProjection(nn.Module):
     cfg = self.cfg
     kernel = self.param("kernel", _normal(cfg, ("heads", "head_dim", "embed")),
                         (cfg.num_heads, cfg.head_dim, cfg.hidden_size), cfg.weight_dtype)
-    return jnp.einsum("blnh,nhd->bld", x, kernel.astype(cfg.compute_dtype))
+    y = jnp.einsum("blnh,nhd->bld", x, kernel.astype(cfg.compute_dtype))
+    return _with_lora(self, cfg, "o", x, y, ("heads", "head_dim"), ("embed",))
+
+
+class Linear(nn.Module):
+  """[..., in] -> [..., out] without bias (the MLP's projections), with optional LoRA.
+
+  An explicit kernel (named like nn.Dense's, so checkpoints and the HF conversion are unchanged)
+  so that the LoRA factors can sit beside it.
+  """
+
+  cfg: BackboneConfig
+  features: int
+  axes: tuple[str, str]
+  target: str  # Its name in config.model.lora.targets: 'gate', 'up' or 'down'.
+
+  @nn.compact
+  def __call__(self, x: Float[Array, "... i"]) -> Float[Array, "... o"]:
+    cfg = self.cfg
+    kernel = self.param("kernel", _normal(cfg, self.axes), (x.shape[-1], self.features), cfg.weight_dtype)
+    x = x.astype(cfg.compute_dtype)
+    y = jnp.einsum("...i,io->...o", x, kernel.astype(cfg.compute_dtype))
+    return _with_lora(self, cfg, self.target, x, y, self.axes[:1], self.axes[1:])
 
 
 def attention_implementation(cfg: BackboneConfig, decoding: bool) -> str:
@@ -167,9 +212,9 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x, positions, mask, layer_cache, cache_index):
     cfg = self.cfg
-    q = HeadProjection(cfg, cfg.num_heads, "heads", name="q_proj")(x)
-    k = HeadProjection(cfg, cfg.num_kv_heads, "kv_heads", name="k_proj")(x)
-    v = HeadProjection(cfg, cfg.num_kv_heads, "kv_heads", name="v_proj")(x)
+    q = HeadProjection(cfg, cfg.num_heads, "heads", "q", name="q_proj")(x)
+    k = HeadProjection(cfg, cfg.num_kv_heads, "kv_heads", "k", name="k_proj")(x)
+    v = HeadProjection(cfg, cfg.num_kv_heads, "kv_heads", "v", name="v_proj")(x)
     q = nn.with_logical_constraint(rotary_embedding(q, positions, cfg.rope_theta),
                                    ("batch", "length", "heads", "head_dim"))
     k = nn.with_logical_constraint(rotary_embedding(k, positions, cfg.rope_theta),
@@ -196,13 +241,10 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x: Float[Array, "b l d"]) -> Float[Array, "b l d"]:
     cfg = self.cfg
-    dense = lambda features, axes, name: nn.Dense(  # noqa: E731
-        features, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-        kernel_init=_normal(cfg, axes), name=name)
-    gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate_proj")(x)
-    up = dense(cfg.intermediate_size, ("embed", "mlp"), "up_proj")(x)
+    gate = Linear(cfg, cfg.intermediate_size, ("embed", "mlp"), "gate", name="gate_proj")(x)
+    up = Linear(cfg, cfg.intermediate_size, ("embed", "mlp"), "up", name="up_proj")(x)
     hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "mlp"))
-    return dense(cfg.hidden_size, ("mlp", "embed"), "down_proj")(hidden)
+    return Linear(cfg, cfg.hidden_size, ("mlp", "embed"), "down", name="down_proj")(hidden)
 
 
 class DecoderLayer(nn.Module):
