@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -75,7 +76,14 @@ def default_eval_fn(config: ml_collections.ConfigDict, workdir: str) -> EvalFn |
 
 
 def build_optimizer(exp: experiment.Experiment, config: ml_collections.ConfigDict):
-  return optimizer.make_optimizer(config.train)
+  """AdamW for the run; under LoRA the base weights freeze and, of the embedding table, only
+  the rows of the tokens MMAR adds (<boi>, <eoi>, <mask>) train [ours]."""
+  rank = config.model.lora.rank
+  if not rank:
+    return optimizer.make_optimizer(config.train)
+  params = jax.eval_shape(lambda key: nn.meta.unbox(exp.init_params(key)), jax.random.key(0))
+  ids = exp.special_ids
+  return optimizer.make_optimizer(config.train, params, lora_rank=rank, train_rows=(ids.boi, ids.eoi, ids.mask))
 
 
 def training_flops_per_row(config: ml_collections.ConfigDict) -> float:

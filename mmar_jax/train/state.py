@@ -56,8 +56,10 @@ def shardings(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransfo
     param_shardings = sharding.logical_shardings(boxed, mesh, rules)
     abstract_params = jax.tree.map(lambda x: x.unbox(apply_constraint=False), boxed, is_leaf=_is_boxed)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_shardings,
-                                          transform_non_params=lambda _: replicated)
+    # Frozen parameters (LoRA) have no optimizer state: optax leaves a MaskedNode in their place.
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
+    opt_shardings = optax.tree_map_params(tx, lambda x, s: x if masked(x) else s, abstract_opt, param_shardings,
+                                          transform_non_params=lambda _: replicated, is_leaf=masked)
   return TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated)
 
 

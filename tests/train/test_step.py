@@ -18,7 +18,7 @@ def make(config, devices):
   exp = experiment.build(config)
   mesh = sharding.make_mesh(config, devices)
   rules = config.mesh.logical_axis_rules
-  tx = optimizer.make_optimizer(config.train)
+  tx = loop.build_optimizer(exp, config)
   fn = step_lib.make_train_step(exp.model, exp.image_tokenizer, tx, optimizer.learning_rate_schedule(config.train),
                                 step_lib.StepConfig.from_config(config))
   state, shardings = state_lib.create(exp.init_params, tx, config.seed, mesh, rules)
@@ -102,6 +102,35 @@ def test_gradient_accumulation_of_identical_micro_batches_equals_one_step(host_b
   np.testing.assert_allclose(accumulated["ce"], single["ce"], rtol=1e-6)
   np.testing.assert_allclose(accumulated["grad_norm"], single["grad_norm"], rtol=1e-5)
   tiny.assert_trees_equal(jax.device_get(new_state.params), single_params, atol=1e-6)
+
+
+def test_lora_step_moves_only_lora_adapter_head_and_new_rows(host_batch):
+  config = tiny.config("mesh.data=8", "model.lora.rank=4")
+  jitted, state, mesh, exp = make(config, jax.devices())
+  before = jax.device_get(state.params)
+  with sharding.activate(mesh, config.mesh.logical_axis_rules):
+    state, _ = jitted(state, pipeline.to_global(host_batch, mesh), {})
+  after = jax.device_get(state.params)
+  layers_before, layers_after = before["backbone"]["layers"], after["backbone"]["layers"]
+  for path, leaf in jax.tree_util.tree_leaves_with_path(layers_before):
+    name = jax.tree_util.keystr(path)
+    moved = not np.array_equal(leaf, _at(layers_after, path))
+    # B moves by its gradient; A (no gradient while B is zero) by weight decay.
+    assert moved == ("lora_" in name), name
+  new_rows = [exp.special_ids.boi, exp.special_ids.eoi, exp.special_ids.mask]
+  table_before, table_after = before["backbone"]["embed_tokens"], after["backbone"]["embed_tokens"]
+  old_rows = np.setdiff1d(np.arange(table_before.shape[0]), new_rows)
+  np.testing.assert_array_equal(table_after[old_rows], table_before[old_rows])
+  assert not np.array_equal(table_after[exp.special_ids.mask], table_before[exp.special_ids.mask])
+  for part in ("adapter", "head"):
+    # Some leaves of the zero-initialised AdaLN paths get no gradient in a first step; the rest move.
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before[part]), jax.tree.leaves(after[part])))
+
+
+def _at(tree, path):
+  for key in path:
+    tree = tree[key.key]
+  return tree
 
 
 def test_diverging_run_stops_with_its_last_good_checkpoint(tmp_path):
