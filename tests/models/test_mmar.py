@@ -11,11 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from scipy import stats
 
 from mmar_jax import configs
 from mmar_jax.models import masks
 from mmar_jax.models.backbone import Backbone
-from mmar_jax.models.mmar import MMAR, MMARConfig, draw_generation_mask, image_span_ids
+from mmar_jax.models.mmar import (MMAR, MMARConfig, draw_generation_mask, draw_mask_ratio, image_span_ids,
+                                  mask_ratio_kwargs)
 
 MASK_ID = 5
 L, N, C = 28, 16, 48  # Sequence length; a 16x16 image in 4x4 patches: 16 tokens of 48.
@@ -215,6 +217,37 @@ def test_generation_mask_ratios(low, high):
   # Positions drawn in a random order: every position masked about equally often (5+ sigma bound).
   frequency = mask[:, [0, 2]].reshape(-1, N).mean(0)
   assert np.abs(frequency - frequency.mean()).max() < 0.1
+
+
+@pytest.mark.parametrize("dist,low,high", [("uniform", 0.7, 1.0), ("uniform", 0.0, 1.0),
+                                            ("truncnorm", 0.7, 1.0), ("truncnorm", 0.0, 1.0)])
+def test_mask_ratio_draws_follow_their_distribution(dist, low, high):
+  # The reference is scipy's, as MAR draws it: truncnorm((low - 1) / 0.25, 0, loc=1, scale=0.25).
+  if dist == "uniform":
+    reference = stats.uniform(low, high - low)
+  else:
+    reference = stats.truncnorm((low - 1.0) / 0.25, (high - 1.0) / 0.25, loc=1.0, scale=0.25)
+  n = 20_000
+  ratio = np.asarray(draw_mask_ratio(jax.random.key(1), (n,), low, high, dist=dist, loc=1.0, std=0.25), np.float64)
+  assert low <= ratio.min() and ratio.max() <= high
+  # 5 standard errors of the mean and of the standard deviation.
+  assert abs(ratio.mean() - reference.mean()) < 5 * reference.std() / np.sqrt(n)
+  assert abs(ratio.std() - reference.std()) < 5 * reference.std() / np.sqrt(2 * n)
+  assert stats.kstest(ratio, reference.cdf).pvalue > 1e-3  # The whole shape, not only two moments.
+
+
+def test_truncnorm_masks_mar_shares_and_reads_the_config():
+  config = tiny_config()
+  config.model.mask_ratio_dist, config.model.mask_ratio_min = "truncnorm", 0.0  # MAR's draw, stage 2's range.
+  configs.validate(config)
+  task = jnp.ones((4000, 1), jnp.int32)
+  mask = np.asarray(draw_generation_mask(jax.random.key(2), task, N, **mask_ratio_kwargs(config.model)))
+  share = mask.sum(-1).ravel() / N
+  assert share.min() >= 1 / N and share.max() == 1.0
+  # ceil(ratio * N) / N lies in [ratio, ratio + 1/N): its mean in [E ratio, E ratio + 1/N), 5 sigma slack.
+  expected = stats.truncnorm(-4.0, 0.0, loc=1.0, scale=0.25).mean()  # 0.80
+  slack = 5 * share.std() / np.sqrt(share.size)
+  assert expected - slack < share.mean() < expected + 1 / N + slack
 
 
 def test_image_span_ids_ignore_invalid_images():
