@@ -206,6 +206,40 @@ def test_losses_are_float32_with_bfloat16_compute():
   assert out.loss.dtype == out.ce.dtype == out.v_loss.dtype == out.logits.dtype == jnp.float32  # ... the losses not.
 
 
+def _jaxprs(jaxpr):
+  """`jaxpr` and every jaxpr nested in its equations (jit, scan, custom_vjp bodies ...)."""
+  yield jaxpr
+  for sub in jax.extend.core.subjaxprs(jaxpr):
+    yield from _jaxprs(sub)
+
+
+def test_head_output_reaches_the_loss_as_float32_with_bfloat16_compute():
+  # Read from the program, not from values: the v-loss's square of (prediction - target) must
+  # run in float32, on the head's bfloat16 output cast up (the paper's float32 loss).
+  cfg, params = setup("bfloat16")
+  batch, image_tokens, generate_mask = make_batch()
+  closed, out_shape = jax.make_jaxpr(
+      lambda p: MMAR(cfg).apply({"params": p}, batch, image_tokens, generate_mask, jax.random.key(3)),
+      return_shape=True)(params)
+  assert out_shape.loss.dtype == out_shape.ce.dtype == out_shape.v_loss.dtype == jnp.float32
+  rows = cfg.diffusion_batch_mul * generate_mask.size  # Every image token, batch_mul draws each.
+  squares = []
+  for jaxpr in _jaxprs(closed.jaxpr):
+    producer = {v: eqn for eqn in jaxpr.eqns for v in eqn.outvars}
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "square" and eqn.invars[0].aval.shape == (rows, C):
+        squares.append((eqn, producer))
+  assert len(squares) == 1, [eqn for eqn, _ in squares]
+  square, producer = squares[0]
+  diff = producer[square.invars[0]]
+  assert diff.primitive.name == "sub"
+  assert [v.aval.dtype for v in diff.invars + diff.outvars + square.outvars] == [jnp.float32] * 4
+  cast = producer[diff.invars[0]]  # The prediction operand: the head's output, cast up.
+  assert cast.primitive.name == "convert_element_type" and cast.outvars[0].aval.dtype == jnp.float32
+  head_out = producer[cast.invars[0]]  # The final layer's bias add, still in the compute dtype.
+  assert head_out.outvars[0].aval.dtype == jnp.bfloat16, head_out
+
+
 @pytest.mark.parametrize("low,high", [(0.7, 1.0), (0.0, 1.0)])
 def test_generation_mask_ratios(low, high):
   task = jnp.array([[1, 0, 1]] * 200)
