@@ -1,6 +1,7 @@
 """What MMAR's attention mask costs in memory on the XLA path: compiled temp bytes per formulation.
 
-    python benchmarks/attention_mask_memory.py [--seq_len 4096] [--batch 1,2] [--layers 2]
+    python benchmarks/attention_mask_memory.py [--seq_len 4096] [--batch 1,2] [--layers 2] [--heads 4]
+        [--remat none|dots_with_no_batch_dims]
 
 Compiles (never runs) the backbone's forward and forward+backward (grads of params and inputs)
 over `inputs_embeds` at a long sequence and a small width, and reads
@@ -11,9 +12,11 @@ over `inputs_embeds` at a long sequence and a small width, and reads
   inside   the same pattern rebuilt inside every attention call from [b, l] vectors
            (key rank <= query rank, same segment, real key), so no [b, l, l] array is an input
   heads    a per-head [b, h, l, l] bool (what broadcasting avoids)
-  bias     a [b, 1, l, l] float32 additive bias (what the cuDNN path makes of a bool mask,
-           there in the compute dtype)
-  causal   is_causal=True and no mask: the lower bound (wrong for images and packing)
+  bias     a [b, 1, l, l] float32 additive bias built once (what the cuDNN path makes of a
+           bool mask, there in the compute dtype)
+  bias_inside  the bool mask turned into that bias inside every attention call
+  causal   is_causal=True and no mask: the lower bound asked for (wrong for images and packing)
+  none     no mask at all: the floor (wrong)
 The variants other than `dense` swap `jax.nn.dot_product_attention` for a wrapper in this script
 only; the model code is untouched. XLA:CPU's buffer assignment, so the absolute figures are the
 CPU's; the differences between rows are what the mask costs.

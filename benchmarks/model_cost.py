@@ -95,7 +95,8 @@ def main():
     lora = f"{counts['lora'] / 1e6:>7.2f}" if rank is not None else f"{'n/a':>7}"
     print(f"{name:<10} {counts['adapter'] / 1e6:>9.2f} {counts['backbone'] / 1e6:>10.2f} "
           f"{counts['embeddings'] / 1e6:>11.2f} {lora} {counts['head'] / 1e6:>8.2f} "
-          f"{sum(counts.values()) / 1e6:>10.2f}  depth {cfg.head.depth} x width {cfg.head.width}, z {config.model.hidden_size}")
+          f"{sum(counts.values()) / 1e6:>10.2f}  depth {cfg.head.depth} x width {cfg.head.width}, "
+          f"z {config.model.hidden_size}")
     rows.append((name, config, cfg, n, counts))
   if any(lora_rank(config) is None for _, config, *_ in rows):
     print("  LoRA n/a: config.model.lora does not exist in this branch yet (another issue adds it).")

@@ -17,7 +17,7 @@ def test_pipeline_batch_trains_both_losses_on_the_drawn_positions():
   # The demo config, shrunk: packed rows of 64 tokens hold up to 3 sequences of 16 image tokens.
   config = configs.load_config("configs/demo.py", [
       "data.seq_len=64", "data.batch_size=4", "data.num_workers=0", "data.synthetic_records=64",
-      "model.num_layers=1", "model.scan_layers=False", "model.max_seq_len=64", "head.depth=1", "model.mask_ratio_min=0.0"])
+      "model.num_layers=1", "model.max_seq_len=64", "head.depth=1", "model.mask_ratio_min=0.0"])
   tok = text_tokenizer.load(config.data.tokenizer)
   text_tokenizer.check_vocab_size(tok, config.model.vocab_size)
   it = iter(pipeline.build_dataset(pipeline.PipelineConfig.from_config(config), tok, process_index=0,
