@@ -22,6 +22,7 @@ def get_config():
   config.head.width = 128
   config.head.dtype = "float32"  # As the backbone: CPUs gain nothing from bfloat16.
   config.diffusion.num_sampling_steps = 50
+  config.diffusion.num_generation_steps = 8  # 16 tokens: 2 a step on average (MAR: 4 of 256) [ours].
   # Lossless pixel patches: the demo needs no pretrained VAE. 32x32 images, 8x8 patches -> 16 tokens of 192.
   config.tokenizer.kind = "patch"
   config.tokenizer.image_size = 32

@@ -98,6 +98,30 @@ def base_config() -> ml_collections.ConfigDict:
   config.loss.ce_weight = 1.0
   config.loss.diffusion_weight = 1.0
 
+  # Optimisation and the training loop (mmar_jax/train). AdamW (0.9, 0.95), weight decay 0.02 and
+  # lr 1e-4 x batch / 256 are MAR's [MAR]; the paper publishes no schedule [ours: warmup + cosine].
+  config.train = ml_collections.ConfigDict()
+  config.train.num_steps = 100_000  # Optimizer steps (one global batch each, accumulation included).
+  config.train.learning_rate = 1e-4  # Peak; MAR scales it by batch / 256, set it for your batch.
+  config.train.warmup_steps = 1000  # Linear warmup from 0 to the peak.
+  config.train.end_lr_fraction = 0.1  # Cosine decay to this fraction of the peak at num_steps.
+  config.train.adam_b1 = 0.9
+  config.train.adam_b2 = 0.95
+  config.train.adam_eps = 1e-8
+  config.train.weight_decay = 0.02  # Decoupled (AdamW); not on norm scales, biases or 1-d parameters.
+  config.train.grad_clip_norm = 1.0  # Clip by global norm; 0 = off.
+  config.train.grad_accum_steps = 1  # Micro-batches per step (lax.scan); data.batch_size is the global total.
+  # A non-finite loss or gradient skips the update (optax.apply_if_finite); this many in a row
+  # stops the run with the last good checkpoint kept.
+  config.train.max_consecutive_skips = 10
+  config.train.log_every = 50  # Steps between metric writes (console, TensorBoard).
+  config.train.checkpoint_every = 1000  # Steps between (asynchronous) Orbax checkpoints.
+  config.train.keep_checkpoints = 3  # The last K are kept.
+  config.train.eval_every = 5000  # Steps between evaluation hooks (sampled images, answers); 0 = off.
+  config.train.eval_samples = 8  # Held-out records the hook generates / answers.
+  config.train.peak_flops_per_device = 0.0  # For MFU; 0 = the device's data-sheet figure (train/metrics.py).
+  config.train.time_limit_s = 0.0  # Stop (with a checkpoint) after this much training time; 0 = none.
+
   # The MAR diffusion head: an MLP of AdaLN residual blocks modelling p(x | z) per image token.
   # Sizes are MAR's (depth/width 6/1024 B, 8/1280 L, 12/1536 H); the default is MAR-B's.
   config.head = ml_collections.ConfigDict()
@@ -121,6 +145,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.diffusion.ddim_eta = 0.0  # 0: deterministic DDIM.
   config.diffusion.cfg_scale = 3.0  # Classifier-free guidance; MAR reports ~3 with the linear schedule.
   config.diffusion.cfg_schedule = "linear"  # One of CFG_SCHEDULES: MAR ramps 1 -> cfg_scale over AR steps.
+  # AR steps of image generation: each reveals a share of the tokens in a random order, on MAR's
+  # cosine schedule. MAR uses 64 for 256 tokens (256 for its best FID); capped at the image's
+  # token count, since MAR's rule reveals at least one token a step.
+  config.diffusion.num_generation_steps = 64
 
   # Image tokenizer: pixels (NHWC, [-1, 1]) <-> continuous tokens [B, N, D]. Defaults are MAR's KL-16.
   config.tokenizer = ml_collections.ConfigDict()
@@ -162,6 +190,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.tfds_question_key = ""  # Set both to read question / answer pairs.
   config.data.tfds_answer_key = ""
   config.data.synthetic_records = 100_000  # Size of the synthetic shapes dataset (one epoch).
+  config.data.synthetic_noisy_backgrounds = True  # Pixel noise on half the backgrounds (False: all plain).
   config.data.seq_len = 1024  # Tokens per row, text and image slots together.
   config.data.batch_size = 256  # Global rows per step, split evenly over hosts.
   config.data.generation_fraction = 0.5  # Share of records made generation sequences [ours].
@@ -238,10 +267,18 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   for field in ("ce_weight", "diffusion_weight"):
     if not config.loss[field] >= 0:
       _fail(f"loss.{field}", config.loss[field], "must be non-negative")
+  _validate_train(config.train)
   _validate_head(config.head)
   _validate_diffusion(config.diffusion)
   validate_tokenizer(config.tokenizer)
-  mesh_shape(config, num_devices)
+  shape = mesh_shape(config, num_devices)
+  if config.data.batch_size % config.train.grad_accum_steps:
+    _fail("data.batch_size", config.data.batch_size, f"must be a multiple of config.train.grad_accum_steps="
+          f"{config.train.grad_accum_steps}")
+  micro_batch = config.data.batch_size // config.train.grad_accum_steps
+  if num_devices is not None and micro_batch % (shape[0] * shape[1]):
+    _fail("data.batch_size", config.data.batch_size, f"gives micro-batches of {micro_batch} rows, which the "
+          f"{shape[0] * shape[1]} devices of the mesh's data x fsdp axes do not divide")
   rule_axes = {name for name, _ in config.mesh.logical_axis_rules}
   for name, target in config.mesh.logical_axis_rules:
     targets = (target,) if isinstance(target, str) or target is None else tuple(target)
@@ -287,6 +324,24 @@ def validate_data(config: ml_collections.ConfigDict) -> None:
     _fail("data.tokenizer", d.tokenizer, "must be 'demo' or a directory holding tokenizer.json")
 
 
+def _validate_train(t: ml_collections.ConfigDict) -> None:
+  for field in ("num_steps", "grad_accum_steps", "max_consecutive_skips", "log_every", "checkpoint_every",
+                "keep_checkpoints", "eval_samples"):
+    if t[field] <= 0:
+      _fail(f"train.{field}", t[field], "must be positive")
+  for field in ("warmup_steps", "eval_every", "weight_decay", "grad_clip_norm", "time_limit_s", "adam_eps",
+                "peak_flops_per_device"):
+    if not t[field] >= 0:
+      _fail(f"train.{field}", t[field], "must be non-negative")
+  if not t.learning_rate > 0:
+    _fail("train.learning_rate", t.learning_rate, "must be positive")
+  if not 0 <= t.end_lr_fraction <= 1:
+    _fail("train.end_lr_fraction", t.end_lr_fraction, "must be in [0, 1]")
+  for field in ("adam_b1", "adam_b2"):
+    if not 0 <= t[field] < 1:
+      _fail(f"train.{field}", t[field], "must be in [0, 1)")
+
+
 def _validate_head(h: ml_collections.ConfigDict) -> None:
   for field in ("depth", "width", "frequency_dim"):
     if h[field] <= 0:
@@ -305,7 +360,7 @@ def _validate_diffusion(d: ml_collections.ConfigDict) -> None:
                          ("cfg_schedule", CFG_SCHEDULES)):
     if d[field] not in allowed:
       _fail(f"diffusion.{field}", d[field], f"must be one of {allowed}")
-  for field in ("num_train_steps", "num_sampling_steps", "diffusion_batch_mul"):
+  for field in ("num_train_steps", "num_sampling_steps", "diffusion_batch_mul", "num_generation_steps"):
     if d[field] <= 0:
       _fail(f"diffusion.{field}", d[field], "must be positive")
   if d.num_sampling_steps > d.num_train_steps:

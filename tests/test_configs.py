@@ -43,6 +43,7 @@ def test_override_sets_the_field():
     ("model.mask_ratio_std=0.0", r"config\.model\.mask_ratio_std=0\.0 must be positive"),
     ("model.mask_ratio_loc=1.5", r"config\.model\.mask_ratio_loc=1\.5 must be in \[0, 1\]"),
     ("loss.diffusion_weight=-1.0", r"config\.loss\.diffusion_weight=-1\.0 must be non-negative"),
+    ("diffusion.num_generation_steps=0", r"config\.diffusion\.num_generation_steps=0 must be positive"),
 ])
 def test_bad_values_fail_naming_the_field(override, message):
   with pytest.raises(configs.ConfigError, match=message):

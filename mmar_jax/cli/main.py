@@ -19,7 +19,10 @@ USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, ValueError)
 
 # name -> (module, one-line description shown by `mmar-jax --help`)
 SUBCOMMANDS = {
+    "train": ("mmar_jax.cli.train", "train or resume a model from a config (checkpoints, metrics, evaluation)"),
+    "evaluate": ("mmar_jax.cli.evaluate", "held-out evaluation of a training run: images judged, questions scored"),
     "info": ("mmar_jax.cli.info", "print a config's parameter counts and run one sharded forward pass"),
+    "init-from-hf": ("mmar_jax.cli.init_from_hf", "start a training run (step 0) from Qwen2 weights, adapter and head fresh"),
     "import-hf": ("mmar_jax.cli.import_hf", "Hugging Face Qwen2 directory -> Orbax checkpoint"),
     "export-hf": ("mmar_jax.cli.export_hf", "Orbax checkpoint -> Hugging Face Qwen2 directory"),
     "convert-vae": ("mmar_jax.cli.convert_vae", "MAR/LDM KL-VAE checkpoint (torch or safetensors) -> our VAE dir"),

@@ -50,6 +50,7 @@ class PipelineConfig:
   source: str
   manifest: str
   synthetic_records: int
+  synthetic_noisy_backgrounds: bool
   image_size: int
   batch_size: int  # global
   num_workers: int
@@ -64,6 +65,7 @@ class PipelineConfig:
   def from_config(cls, config) -> PipelineConfig:
     d = config.data
     return cls(source=d.source, manifest=d.manifest, synthetic_records=d.synthetic_records,
+               synthetic_noisy_backgrounds=d.synthetic_noisy_backgrounds,
                image_size=config.tokenizer.image_size, batch_size=d.batch_size, num_workers=d.num_workers,
                worker_buffer_size=d.worker_buffer_size, packing_bins=d.packing_bins, seed=d.seed,
                max_corrupt_fraction=d.max_corrupt_fraction,
@@ -77,7 +79,8 @@ def make_source(config: PipelineConfig) -> grain.sources.RandomAccessDataSource:
   """The random-access source named by config.data.source."""
   if config.source == "synthetic":
     return synthetic.SyntheticShapesSource(
-        synthetic.SyntheticConfig(config.synthetic_records, config.image_size, seed=config.seed))
+        synthetic.SyntheticConfig(config.synthetic_records, config.image_size, seed=config.seed,
+                                  noisy_backgrounds=config.synthetic_noisy_backgrounds))
   if config.source == "manifest":
     return ManifestSource(config.manifest)
   if config.source == "tfds":

@@ -51,6 +51,7 @@ class SyntheticConfig:
   num_records: int
   image_size: int  # 32 or 64 (anything >= 24 that the 3x3 grid can hold)
   seed: int = 0
+  noisy_backgrounds: bool = True  # Half the backgrounds get pixel noise; False keeps them all plain.
 
 
 def shape_box(image_size: int, label: ShapeLabel) -> tuple[int, int, int]:
@@ -125,7 +126,7 @@ def sample(config: SyntheticConfig, index: int) -> dict:
   labels = tuple(ShapeLabel(SHAPES[s], names[c], SIZES[int(rng.integers(2))], POSITIONS[p])
                  for s, c, p in zip(shapes, colours, cells))
   background = int(rng.integers(20, 71))
-  noise = bool(rng.integers(2))
+  noise = bool(rng.integers(2)) and config.noisy_backgrounds  # Draw first: the stream stays the same.
   image = draw(config.image_size, labels, background, noise, rng)
   return {"image": image, "caption": caption(labels), "qa": questions(labels),
           "labels": [dataclasses.asdict(l) for l in labels], "source": "synthetic", "index": index}

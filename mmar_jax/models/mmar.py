@@ -22,7 +22,7 @@ from mmar_jax.diffusion.losses import diffusion_loss
 from mmar_jax.diffusion.schedule import Schedule
 from mmar_jax.models import masks
 from mmar_jax.models.adapter import AdapterConfig, ImageAdapter
-from mmar_jax.models.backbone import Backbone, BackboneConfig
+from mmar_jax.models.backbone import Backbone, BackboneConfig, KVCache
 from mmar_jax.models.diffusion_head import DiffusionHead, HeadConfig
 
 
@@ -182,3 +182,80 @@ class MMAR(nn.Module):
                             batch_mul=cfg.diffusion_batch_mul)
     loss = cfg.ce_weight * ce + cfg.diffusion_weight * v_loss  # Eq. 4, with weights [ours].
     return MMAROutput(logits=out.logits, hidden=out.hidden, z=z, loss=loss, ce=ce, v_loss=v_loss)
+
+  # Inference building blocks [ours]. Prompts are left-padded (`mask` 0 on padding), so every row
+  # of a batch ends at the same cache slot and the tokens that follow share one slot range;
+  # positions restart at 0 on each row's first real token, as in training rows.
+
+  def encode_prompt(self, prompt_ids: Int[Array, "b l"], prompt_mask: Int[Array, "b l"], *, reserve: int
+                    ) -> tuple[KVCache, Int[Array, " b"]]:
+    """Runs the backbone over left-padded text prompts (generation: `<|im_start|> caption <boi>`).
+
+    Returns the KV cache of l + `reserve` slots (the prompt in the first l, `reserve` free for
+    what follows, e.g. the image's N tokens) and each row's next position (its real length).
+    """
+    batch, length = prompt_ids.shape
+    cache = KVCache.zeros(self.cfg.backbone, batch, length + reserve)
+    out = self.backbone(prompt_ids, _left_padded_positions(prompt_mask), segment_ids=prompt_mask.astype(jnp.int32),
+                        kv_cache=cache, compute_logits=False)
+    return out.kv_cache, jnp.sum(prompt_mask, axis=-1).astype(jnp.int32)
+
+  def generation_step(self, cache: KVCache, next_position: Int[Array, " b"], image_tokens: Float[Array, "b n c"],
+                      known: Bool[Array, "b n"]) -> Float[Array, "b n d"]:
+    """z at every slot of a partly generated image that follows the prompt in `cache`.
+
+    Known tokens go through the adapter, the others get the `<mask>` embedding, as in training.
+    The prompt's keys and values are reused from `cache` (from `encode_prompt`, with at least N
+    slots reserved); the image span itself is run again at every AR step, since attention inside
+    it is bidirectional [paper] and the set of known tokens changes, so its keys and values do
+    too. The cache written here is dropped: the next step starts from the prompt's again.
+    """
+    batch, num_tokens, _ = image_tokens.shape
+    slots = jnp.broadcast_to(jnp.arange(num_tokens, dtype=jnp.int32), (batch, 1, num_tokens))
+    ids = jnp.full((batch, num_tokens), self.cfg.mask_token_id, jnp.int32)
+    x = self.embed_inputs(ids, image_tokens[:, None], slots, jnp.ones((batch, 1), bool), ~known[:, None])
+    positions = next_position[:, None] + jnp.arange(num_tokens, dtype=jnp.int32)
+    # Every image token sees every valid prompt slot and the whole image; the cache's validity
+    # mask (padding, unused slots) is applied by the backbone.
+    see_all = jnp.ones((batch, num_tokens, cache.valid.shape[1]), bool)
+    out = self.backbone(positions=positions, inputs_embeds=x, attention_mask=see_all, kv_cache=cache,
+                        compute_logits=False)
+    return out.hidden
+
+  def head_prediction(self, x_t: Float[Array, "m c"], t: Float[Array, " m"], z: Float[Array, "m d"]
+                      ) -> Float[Array, "m c"]:
+    """The diffusion head's prediction (v, eps or x0 per the config) for the samplers."""
+    return self.head(x_t, t, z)
+
+  def understanding_prefill(self, input_ids: Int[Array, "b l"], input_mask: Int[Array, "b l"],
+                            image_tokens: Float[Array, "b n c"], image_slots: Int[Array, "b n"], *, reserve: int
+                            ) -> tuple[Float[Array, "b v"], KVCache, Int[Array, " b"]]:
+    """Runs `[pad] <boi> [image] <eoi> question` with clean, fully visible image tokens at `image_slots`.
+
+    Returns the float32 logits at the last position (the first answer token's), the KV cache of
+    l + `reserve` slots for decoding, and each row's next position.
+    """
+    batch, length = input_ids.shape
+    valid = jnp.ones((batch, 1), bool)
+    x = self.embed_inputs(input_ids, image_tokens[:, None], image_slots[:, None], valid,
+                          jnp.zeros((batch, 1, image_tokens.shape[1]), bool))
+    segment_ids = input_mask.astype(jnp.int32)
+    attention = masks.mmar_attention_mask(segment_ids, image_span_ids(image_slots[:, None], valid, length))
+    # The cache's reserved slots are empty: no query of the prompt sees them.
+    attention = jnp.pad(attention, ((0, 0), (0, 0), (0, reserve)))
+    cache = KVCache.zeros(self.cfg.backbone, batch, length + reserve)
+    out = self.backbone(positions=_left_padded_positions(input_mask), inputs_embeds=x, segment_ids=segment_ids,
+                        attention_mask=attention, kv_cache=cache, compute_logits=False)
+    logits = self.backbone.logits(out.hidden[:, -1:])[:, 0]  # The LM head on the last position only.
+    return logits, out.kv_cache, jnp.sum(input_mask, axis=-1).astype(jnp.int32)
+
+  def decode_step(self, token: Int[Array, " b"], position: Int[Array, " b"], cache: KVCache
+                  ) -> tuple[Float[Array, "b v"], KVCache]:
+    """One text token per row appended to `cache`; float32 logits for the next one."""
+    out = self.backbone(token[:, None], position[:, None], kv_cache=cache)
+    return out.logits[:, 0], out.kv_cache
+
+
+def _left_padded_positions(mask: Int[Array, "b l"]) -> Int[Array, "b l"]:
+  """0 on each row's first real token (as infer.generate_text's, which models may not import)."""
+  return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0).astype(jnp.int32)

@@ -1,0 +1,53 @@
+"""mmar-jax train: train (or resume) a model from a config; see mmar_jax/train/loop.py.
+
+Run the same command on every process of a multi-host job; `jax.distributed` starts up from
+the environment (TPU pod, SLURM) or the --coordinator-address flags.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+from absl import flags
+from ml_collections import config_flags
+
+from mmar_jax import configs
+from mmar_jax.data.corrupt import CorruptDataError
+from mmar_jax.train import checkpointing, distributed, loop
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/demo.py; --config.x.y=v "
+                                          "overrides a field.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints/, tensorboard/, eval/.", required=True)
+_RESUME = flags.DEFINE_bool("resume", True, "Continue from the newest checkpoint in --workdir when there is one "
+                            "(--noresume starts over, refusing a directory that has checkpoints).")
+_COORDINATOR = flags.DEFINE_string("coordinator-address", None, "host:port of process 0 (multi-process runs "
+                                   "outside TPU pods and SLURM).")
+_NUM_PROCESSES = flags.DEFINE_integer("num-processes", None, "Processes in the job (with --coordinator-address).")
+_PROCESS_ID = flags.DEFINE_integer("process-id", None, "This process's index (with --coordinator-address).")
+
+
+def main(argv):
+  del argv
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  config = _CONFIG.value
+  if config is None:
+    raise flags.ValidationError("--config is required, e.g. --config=configs/demo.py")
+  configs.validate(config, num_devices=jax.device_count())
+  workdir = _WORKDIR.value
+  if not _RESUME.value and os.path.isdir(os.path.join(workdir, "checkpoints")):
+    mngr = checkpointing.manager(os.path.join(workdir, "checkpoints"), config.train, read_only=True)
+    if mngr.all_steps():
+      raise FileExistsError(f"--noresume but {workdir}/checkpoints holds steps {mngr.all_steps()}; choose a new "
+                            "--workdir")
+  try:
+    result = loop.train(config, workdir, resume=_RESUME.value, eval_fn=loop.default_eval_fn(config, workdir))
+  except (loop.TrainingDiverged, CorruptDataError) as e:
+    print(f"mmar-jax train: stopped: {e}", file=sys.stderr)
+    sys.exit(1)
+  messages = {"done": f"finished at step {result.step}",
+              "time_limit": f"stopped at step {result.step} (config.train.time_limit_s); rerun to continue",
+              "preempted": f"preempted (SIGTERM) at step {result.step}; checkpoint saved, rerun to resume"}
+  if jax.process_index() == 0:
+    print(f"mmar-jax train: {messages[result.reason]}; checkpoints in {workdir}/checkpoints")

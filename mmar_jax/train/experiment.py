@@ -1,0 +1,65 @@
+"""The pieces a run is made of, built from one config: text and image tokenizers, the model.
+
+Training, evaluation and the inference commands all build their model through `build`, so a
+checkpoint's config snapshot rebuilds exactly the model that wrote it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tokenizers import Tokenizer
+
+from mmar_jax.data import sequences, text_tokenizer
+from mmar_jax.models import tokenizers
+from mmar_jax.models.mmar import MMAR, MMARConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  config: ml_collections.ConfigDict
+  text_tokenizer: Tokenizer
+  special_ids: text_tokenizer.SpecialIds
+  model: MMAR
+  image_tokenizer: tokenizers.ImageTokenizer
+
+  @property
+  def num_image_tokens(self) -> int:
+    return self.image_tokenizer.num_tokens
+
+  def dummy_inputs(self, batch: int = 1) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Zero inputs of the training shapes (batch rows), for init and for compiling without data."""
+    seq = sequences.SequenceConfig.from_config(self.config)
+    length, m, n = seq.seq_len, seq.max_images, self.num_image_tokens
+    zeros = lambda *shape: np.zeros(shape, np.int32)  # noqa: E731
+    inputs = dict(input_ids=zeros(batch, length), targets=zeros(batch, length),
+                  text_loss_mask=np.zeros((batch, length), np.float32), segment_ids=zeros(batch, length),
+                  positions=zeros(batch, length), image_slots=zeros(batch, m, n),
+                  image_valid=np.zeros((batch, m), bool), image_task=zeros(batch, m))
+    image_tokens = np.zeros((batch, m, n, self.image_tokenizer.token_dim), np.float32)
+    return inputs, image_tokens, np.zeros((batch, m, n), bool)
+
+  def init_params(self, key: jax.Array) -> Any:
+    """The model's fresh params, boxed with their logical axes (for `state.create`)."""
+    inputs, image_tokens, generate_mask = self.dummy_inputs()
+    init_key, loss_key = jax.random.split(key)
+    return self.model.init(init_key, jax.tree.map(jnp.asarray, inputs), jnp.asarray(image_tokens),
+                           jnp.asarray(generate_mask), loss_key)["params"]
+
+  def image_tokenizer_params(self) -> Any:
+    """The frozen tokenizer's weights (the VAE's; `{}` for patches), loaded as the config says."""
+    return self.image_tokenizer.load_params()
+
+
+def build(config: ml_collections.ConfigDict) -> Experiment:
+  text = text_tokenizer.load(config.data.tokenizer)
+  text_tokenizer.check_vocab_size(text, config.model.vocab_size)
+  ids = text_tokenizer.special_ids(text)
+  model = MMAR(MMARConfig.from_config(config, ids.mask))
+  image = tokenizers.make_tokenizer(tokenizers.TokenizerConfig.from_config(config.tokenizer))
+  return Experiment(config=config, text_tokenizer=text, special_ids=ids, model=model, image_tokenizer=image)

@@ -1,0 +1,217 @@
+"""The training loop: sharded state, the jitted step, checkpoints, metrics, evaluation, signals.
+
+`train(config, workdir)` is the whole job on one CPU, one GPU or a pod: every process runs it
+with the same config, feeds its own slice of the data (grain, by `jax.process_index()`), and
+the mesh makes the arrays global. A run resumes from the newest readable checkpoint in
+`workdir/checkpoints` (state, data iterator position and RNG), so stopping it at any point and
+starting it again gives the same parameters as never stopping (bit for bit on one machine).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
+
+from mmar_jax.data import pipeline
+from mmar_jax.models.backbone import BackboneConfig
+from mmar_jax.train import checkpointing, experiment, flops, metrics, optimizer, sharding
+from mmar_jax.train import state as state_lib
+from mmar_jax.train import step as step_lib
+
+EvalFn = Callable[[experiment.Experiment, Any, int], None]  # (experiment, params, step)
+
+
+class TrainingDiverged(RuntimeError):
+  """Too many consecutive non-finite steps; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class RunResult:
+  step: int  # The step the run stopped at (its checkpoint holds exactly this state).
+  reason: str  # 'done', 'time_limit', 'preempted'
+  last_metrics: dict[str, float]
+
+
+class _Preemption:
+  """Notes SIGTERM (a scheduler's preemption notice) so the loop can save and exit between steps."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    self._previous = signal.signal(signal.SIGTERM, self._note)
+    return self
+
+  def _note(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    signal.signal(signal.SIGTERM, self._previous)
+
+  def any_process(self) -> bool:
+    """Whether any process got the notice: all hosts must stop at the same step to save together."""
+    if jax.process_count() == 1:
+      return self.requested
+    return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
+
+
+def default_eval_fn(config: ml_collections.ConfigDict, workdir: str) -> EvalFn | None:
+  """The periodic evaluation hook (train/evaluation.py), or None when config.train.eval_every is 0."""
+  from mmar_jax.train import evaluation  # Pulls in the inference loops; only runs that evaluate need it.
+  return evaluation.make_hook(config, workdir) if config.train.eval_every else None
+
+
+def build_optimizer(exp: experiment.Experiment, config: ml_collections.ConfigDict):
+  return optimizer.make_optimizer(config.train)
+
+
+def training_flops_per_row(config: ml_collections.ConfigDict) -> float:
+  """Model FLOPs of one training row (forward + backward) by the convention in train/flops.py."""
+  cfg = BackboneConfig.from_config(config.model)
+  seq_len = config.data.seq_len
+  return flops.backbone_flops_per_token(cfg, seq_len).training * seq_len
+
+
+@dataclasses.dataclass
+class Run:
+  """A run's pieces: everything the loop (or a tool that writes a step-0 checkpoint) needs."""
+  config: ml_collections.ConfigDict
+  mesh: Any
+  exp: experiment.Experiment
+  tx: Any
+  state_shardings: state_lib.TrainState
+  data_iterator: Any
+  mngr: Any
+
+  def fresh_state(self) -> state_lib.TrainState:
+    return state_lib.create(self.exp.init_params, self.tx, self.config.seed, self.mesh,
+                            self.config.mesh.logical_axis_rules)[0]
+
+  def restore(self) -> state_lib.TrainState | None:
+    """The newest readable checkpoint, on this run's mesh, with the data iterator moved to it."""
+    if not self.mngr.all_steps():
+      return None
+    target = state_lib.abstract(self.exp.init_params, self.tx, self.config.seed, self.state_shardings)
+    return checkpointing.restore_latest(self.mngr, target, self.data_iterator)
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
+  mesh = sharding.make_mesh(config)
+  exp = experiment.build(config)
+  tx = build_optimizer(exp, config)
+  state_shardings = state_lib.shardings(exp.init_params, tx, mesh, config.mesh.logical_axis_rules)
+  data_iterator = iter(pipeline.build_dataset(pipeline.PipelineConfig.from_config(config), exp.text_tokenizer))
+  mngr = checkpointing.manager(os.path.join(workdir, "checkpoints"), config.train)
+  return Run(config=config, mesh=mesh, exp=exp, tx=tx, state_shardings=state_shardings,
+             data_iterator=data_iterator, mngr=mngr)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = True,
+          eval_fn: EvalFn | None = None, max_steps: int | None = None) -> RunResult:
+  """Trains to config.train.num_steps (or `max_steps`, for tests that stop a run early)."""
+  start_time = time.monotonic()
+  t = config.train
+  run = setup(config, workdir)
+  mesh, rules, exp, mngr, data_iterator = run.mesh, config.mesh.logical_axis_rules, run.exp, run.mngr, run.data_iterator
+  state = run.restore() if resume else None
+  if state is None:
+    state = run.fresh_state()
+  train_step = step_lib.make_train_step(exp.model, exp.image_tokenizer, run.tx, optimizer.learning_rate_schedule(t),
+                                        step_lib.StepConfig.from_config(config))
+  step = int(state.step)
+  stop_at = t.num_steps if max_steps is None else min(max_steps, t.num_steps)
+  tokenizer_params = jax.device_put(exp.image_tokenizer_params(), NamedSharding(mesh, PartitionSpec()))
+  with sharding.activate(mesh, rules):
+    jitted = jax.jit(train_step, in_shardings=(run.state_shardings, pipeline.batch_sharding(mesh), None),
+                     out_shardings=(run.state_shardings, None), donate_argnums=0)
+  writer = metrics.Writer(metrics.logdir(workdir))
+  window = _Window(writer, config, metrics.peak_flops_per_device(jax.devices()[0], t.peak_flops_per_device))
+  reason = "done"
+  progress = tqdm.tqdm(total=stop_at, initial=step, desc="train", unit="step", disable=jax.process_index() != 0,
+                       dynamic_ncols=True)
+  pending = None  # (step, metrics) of the previous step: read one step late so dispatch stays ahead.
+  try:
+    with _Preemption() as preemption, sharding.activate(mesh, rules):
+      while step < stop_at:
+        batch = pipeline.to_global(next(data_iterator), mesh)
+        state, step_metrics = jitted(state, batch, tokenizer_params)
+        step += 1
+        if pending is not None:
+          window.add(*pending, mngr)
+          progress.set_postfix(window.postfix(), refresh=False)
+        pending = (step, step_metrics)
+        progress.update(1)
+        if step % t.checkpoint_every == 0:
+          checkpointing.save(mngr, state, data_iterator, config)
+        if eval_fn is not None and t.eval_every and step % t.eval_every == 0:
+          eval_fn(exp, state.params, step)
+        if preemption.any_process():
+          reason = "preempted"
+          break
+        if t.time_limit_s and time.monotonic() - start_time > t.time_limit_s:
+          reason = "time_limit"
+          break
+      if pending is not None:
+        window.add(*pending, mngr, final=True)
+      progress.set_postfix(window.postfix(), refresh=True)
+      checkpointing.save(mngr, state, data_iterator, config, force=True)
+  finally:
+    mngr.wait_until_finished()
+    progress.close()
+    writer.close()
+  if reason == "done" and eval_fn is not None and t.eval_every and step % t.eval_every:
+    eval_fn(exp, state.params, step)
+  return RunResult(step=step, reason=reason, last_metrics=window.last)
+
+
+class _Window:
+  """Accumulates steps between metric writes; checks the non-finite skip limit every step."""
+
+  def __init__(self, writer: metrics.Writer, config: ml_collections.ConfigDict, peak: float | None):
+    self.writer, self.config, self.peak = writer, config, peak
+    self.row_flops = training_flops_per_row(config)
+    self.last: dict[str, float] = {}
+    self._reset(time.perf_counter())
+
+  def _reset(self, now: float) -> None:
+    self.steps, self.images, self.start = 0, 0.0, now
+
+  def add(self, step: int, step_metrics, mngr, final: bool = False) -> None:
+    values = jax.device_get(step_metrics)
+    t = self.config.train
+    consecutive = int(values["consecutive_skips"])
+    if consecutive >= t.max_consecutive_skips:
+      raise TrainingDiverged(
+          f"{consecutive} consecutive steps up to step {step} had a non-finite loss or gradient "
+          f"(config.train.max_consecutive_skips={t.max_consecutive_skips}); stopped without saving them. The "
+          f"last good checkpoint is step {mngr.latest_step()} in {mngr.directory}")
+    self.steps += 1
+    self.images += float(values["images"])
+    if step % t.log_every and not final:
+      return
+    now = time.perf_counter()
+    seconds, rows = now - self.start, self.steps * self.config.data.batch_size
+    logged = {k: float(v) for k, v in values.items() if k not in ("tokens", "images")}
+    logged.update(metrics.throughput(tokens=rows * self.config.data.seq_len, images=self.images, seconds=seconds,
+                                     flops=rows * self.row_flops, num_devices=jax.device_count(), peak=self.peak))
+    logged.update(step_time_s=seconds / self.steps, ce_weight=self.config.loss.ce_weight,
+                  diffusion_weight=self.config.loss.diffusion_weight)
+    self.writer.scalars(step, logged)
+    self.last = logged
+    self._reset(now)
+
+  def postfix(self) -> dict[str, str]:
+    return {k: f"{self.last[k]:.3f}" for k in ("loss", "ce", "v_loss") if k in self.last}

@@ -1,0 +1,112 @@
+"""The jitted train step: tokenize images, the joint loss, gradients (accumulated), the update, metrics.
+
+`make_train_step` closes over the static pieces (model, tokenizer, optimizer, settings) and
+returns a pure `train_step(state, batch, tokenizer_params) -> (state, metrics)`; the loop jits it
+once with the state donated. Micro-batches for gradient accumulation run in a `lax.scan`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import PartitionSpec
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from mmar_jax.data import pipeline
+from mmar_jax.models.mmar import MMAR, draw_generation_mask
+from mmar_jax.models.tokenizers import ImageTokenizer
+from mmar_jax.train import optimizer
+from mmar_jax.train.state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """The step's settings (from config.model, config.train)."""
+  mask_ratio_min: float
+  mask_ratio_max: float
+  grad_accum_steps: int
+  mask_ratio_dist: str = "uniform"  # config.model.mask_ratio_*: see draw_mask_ratio.
+  mask_ratio_loc: float = 1.0
+  mask_ratio_std: float = 0.25
+
+  @classmethod
+  def from_config(cls, config) -> StepConfig:
+    m = config.model
+    return cls(mask_ratio_min=m.mask_ratio_min, mask_ratio_max=m.mask_ratio_max,
+               grad_accum_steps=config.train.grad_accum_steps, mask_ratio_dist=m.mask_ratio_dist,
+               mask_ratio_loc=m.mask_ratio_loc, mask_ratio_std=m.mask_ratio_std)
+
+
+def image_tokens(tokenizer: ImageTokenizer, tokenizer_params: Any, batch: dict[str, Array], rng: PRNGKeyArray
+                 ) -> Float[Array, "b m n c"]:
+  """The batch's images as continuous tokens: precomputed `image_tokens` (a latent cache), or the
+  tokenizer's encoding of the uint8 `images` mapped to [-1, 1]."""
+  if "image_tokens" in batch:
+    return batch["image_tokens"].astype(jnp.float32)
+  images = batch["images"]
+  b, m = images.shape[:2]
+  pixels = images.reshape((b * m,) + images.shape[2:]).astype(jnp.float32) / 127.5 - 1.0
+  tokens = tokenizer.encode(tokenizer_params, pixels, rng)
+  return jax.lax.stop_gradient(tokens.reshape((b, m) + tokens.shape[1:]).astype(jnp.float32))
+
+
+def _micro_batches(batch: dict[str, Array], num: int) -> dict[str, Array]:
+  """[B, ...] -> [num, B / num, ...], micro-batch i = rows i, i + num, ... so that each device's
+  contiguous block of rows feeds every micro-batch and no rows move between devices."""
+  def split(x):
+    x = x.reshape((x.shape[0] // num, num) + x.shape[1:]).swapaxes(0, 1)
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(None, pipeline.BATCH_AXES))
+  return jax.tree.map(split, batch)
+
+
+def make_train_step(model: MMAR, tokenizer: ImageTokenizer, tx: optax.GradientTransformation,
+                    learning_rate: optax.Schedule, cfg: StepConfig):
+  """The pure step function for `jax.jit`; call it under `sharding.activate(mesh, rules)`.
+
+  `learning_rate` is the schedule inside `tx`, evaluated here only to log its value.
+  """
+
+  def loss_fn(params, batch, tokenizer_params, rng):
+    token_rng, mask_rng, loss_rng = jax.random.split(rng, 3)
+    tokens = image_tokens(tokenizer, tokenizer_params, batch, token_rng)
+    generate_mask = draw_generation_mask(mask_rng, batch["image_task"], tokens.shape[2], cfg.mask_ratio_min,
+                                         cfg.mask_ratio_max, dist=cfg.mask_ratio_dist, loc=cfg.mask_ratio_loc,
+                                         std=cfg.mask_ratio_std)
+    out = model.apply({"params": params}, batch, tokens, generate_mask, loss_rng)
+    return out.loss, {"loss": out.loss, "ce": out.ce, "v_loss": out.v_loss}
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def train_step(state: TrainState, batch: dict[str, Array], tokenizer_params: Any
+                 ) -> tuple[TrainState, dict[str, Array]]:
+    rng = state.step_key()
+    if cfg.grad_accum_steps == 1:
+      (_, parts), grads = grad_fn(state.params, batch, tokenizer_params, rng)
+    else:
+      def accumulate(carry, xs):
+        i, micro = xs
+        (_, parts), grads = grad_fn(state.params, micro, tokenizer_params, jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, carry, (parts, grads)), None
+
+      zeros = jax.tree.map(jnp.zeros_like, ({"loss": 0.0, "ce": 0.0, "v_loss": 0.0}, state.params))
+      num = cfg.grad_accum_steps
+      (parts, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(num), _micro_batches(batch, num)))
+      # Each micro-batch's losses are means over its own tokens; the step's is their mean [ours].
+      parts, grads = jax.tree.map(lambda x: x / num, (parts, grads))
+    # A non-finite loss poisons every gradient, so apply_if_finite (which looks at the
+    # gradients) skips the update; the parameters and moments stay exactly as they were.
+    grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(parts["loss"]), g, jnp.nan), grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    consecutive, total = optimizer.skip_counts(opt_state)
+    metrics = dict(parts, grad_norm=optax.global_norm(grads), learning_rate=learning_rate(state.step),
+                   skipped=(consecutive > 0).astype(jnp.int32),
+                   consecutive_skips=consecutive, total_skips=total,
+                   tokens=jnp.sum(batch["segment_ids"] > 0), images=jnp.sum(batch["image_valid"]))
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng), metrics
+
+  return train_step

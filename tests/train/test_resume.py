@@ -1,0 +1,66 @@
+"""Exact resume: interrupted runs (SIGKILL, SIGTERM, a mesh change) end where an uninterrupted one does."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.train import tiny
+
+N = 6
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  tiny.run(workdir)
+  step, params = tiny.saved_params(workdir)
+  assert step == N
+  return params
+
+
+def test_sigkill_after_checkpoint_then_resume_is_bit_identical(tmp_path, uninterrupted):
+  workdir = str(tmp_path)
+  # Killed (no chance to clean up) once step N/2 is on disk, wherever it then is.
+  proc = tiny.start(workdir, f"train.checkpoint_every={N // 2}")
+  tiny.wait_for_step(workdir, N // 2, proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  out = tiny.run(workdir)
+  assert "finished at step 6" in out
+  step, params = tiny.saved_params(workdir)
+  assert step == N
+  tiny.assert_trees_equal(params, uninterrupted)
+
+
+def test_resume_on_another_mesh_matches_within_float_tolerance(tmp_path, uninterrupted):
+  workdir = str(tmp_path)
+  proc = tiny.start(workdir, "mesh.data=8")
+  tiny.wait_for_step(workdir, N // 2, proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  tiny.run(workdir, "mesh.data=1", "mesh.fsdp=4", "mesh.tensor=2")
+  step, params = tiny.saved_params(workdir)
+  assert step == N
+  tiny.assert_trees_equal(params, uninterrupted, atol=1e-5)
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
+  workdir = str(tmp_path)
+  proc = tiny.start(workdir, "train.num_steps=400", "train.checkpoint_every=1000")
+  # The TensorBoard directory appears once training is set up; then let a few steps run.
+  while not os.path.isdir(os.path.join(workdir, "tensorboard")):
+    assert proc.poll() is None, proc.stdout.read()
+    time.sleep(0.05)
+  time.sleep(3)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out
+  assert "preempted (SIGTERM) at step" in out
+  step, _ = tiny.saved_params(workdir)
+  assert 0 < step < 400
+  out = tiny.run(workdir, f"train.num_steps={step + 2}")
+  assert f"finished at step {step + 2}" in out
