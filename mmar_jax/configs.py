@@ -27,6 +27,7 @@ NOISE_SCHEDULES = ("cosine", "linear")
 PREDICTIONS = ("v", "eps", "x0")
 SAMPLERS = ("ddpm", "ddim")
 CFG_SCHEDULES = ("linear", "constant")
+MASK_RATIO_DISTS = ("uniform", "truncnorm")
 TOKENIZER_KINDS = ("patch", "kl16")
 DATA_SOURCES = ("synthetic", "manifest", "tfds")
 # The backbone projections LoRA can adapt (mmar_jax/models/lora.py: TARGETS).
@@ -95,10 +96,17 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.adapter_width = 1024
   config.model.adapter_heads = 16
   config.model.adapter_remat = False  # nn.remat each adapter block: recompute its activations in the backward pass.
-  # MAR-style masked generation: the share of an image's tokens masked per sequence, uniform in
-  # [min, max]. Stage 1 of the paper uses [0.7, 1.0], stage 2 [0, 1.0] [paper].
+  # MAR-style masked generation: the share of an image's tokens masked, drawn per image in
+  # [mask_ratio_min, mask_ratio_max]. Stage 1 of the paper draws from [0.7, 1.0] (the default);
+  # stage 2 from [0, 1.0]: set --config.model.mask_ratio_min=0 for it [paper].
   config.model.mask_ratio_min = 0.7
   config.model.mask_ratio_max = 1.0
+  # One of MASK_RATIO_DISTS. 'uniform' over the range (the paper states only the range);
+  # 'truncnorm' is MAR's N(loc, std^2) truncated to the range (MAR: loc 1.0, std 0.25, so most
+  # draws mask nearly everything) [MAR]. The default is uniform [ours].
+  config.model.mask_ratio_dist = "uniform"
+  config.model.mask_ratio_loc = 1.0  # 'truncnorm' only: the Gaussian's mean before truncation [MAR].
+  config.model.mask_ratio_std = 0.25  # 'truncnorm' only: its standard deviation [MAR].
 
   # The joint loss ce_weight * CE + diffusion_weight * v_loss, each term normalised by its own
   # token count. The paper's Eq. 4 is the unweighted sum, hence 1 and 1; the weights are not
@@ -271,6 +279,12 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   if not 0.0 <= m.mask_ratio_min <= m.mask_ratio_max <= 1.0:
     _fail("model.mask_ratio_min", m.mask_ratio_min, f"must satisfy 0 <= mask_ratio_min <= "
           f"config.model.mask_ratio_max={m.mask_ratio_max} <= 1")
+  if m.mask_ratio_dist not in MASK_RATIO_DISTS:
+    _fail("model.mask_ratio_dist", m.mask_ratio_dist, f"must be one of {MASK_RATIO_DISTS}")
+  if not 0.0 <= m.mask_ratio_loc <= 1.0:
+    _fail("model.mask_ratio_loc", m.mask_ratio_loc, "must be in [0, 1] (a masked share)")
+  if not m.mask_ratio_std > 0:
+    _fail("model.mask_ratio_std", m.mask_ratio_std, "must be positive")
   for field in ("ce_weight", "diffusion_weight"):
     if not config.loss[field] >= 0:
       _fail(f"loss.{field}", config.loss[field], "must be non-negative")

@@ -39,6 +39,9 @@ def test_override_sets_the_field():
     ("model.adapter_depth=-1", r"config\.model\.adapter_depth=-1 must be >= 0"),
     ("model.adapter_heads=3", r"config\.model\.adapter_heads=3 must be positive and divide"),
     ("model.mask_ratio_min=1.5", r"config\.model\.mask_ratio_min=1\.5"),
+    ("model.mask_ratio_dist=beta", r"config\.model\.mask_ratio_dist='beta' must be one of"),
+    ("model.mask_ratio_std=0.0", r"config\.model\.mask_ratio_std=0\.0 must be positive"),
+    ("model.mask_ratio_loc=1.5", r"config\.model\.mask_ratio_loc=1\.5 must be in \[0, 1\]"),
     ("loss.diffusion_weight=-1.0", r"config\.loss\.diffusion_weight=-1\.0 must be non-negative"),
     ("diffusion.num_generation_steps=0", r"config\.diffusion\.num_generation_steps=0 must be positive"),
 ])

@@ -3,6 +3,13 @@
 Masks are [b, q, k] booleans (1 byte an entry), broadcast over heads inside attention. Every
 query row keeps its own position, so a padding row is never all-False (which would make the
 softmax degenerate).
+
+Cost (benchmarks/attention_mask_memory.py, RESULTS.md issue 8): on the XLA path the mask is
+never a float: jax applies it with a select on the float32 logits, and one [b, l, l] bool costs
+(b - 1) l^2 bytes more than is_causal's constant [l, l] mask, far below one layer's logits
+(4 h l^2 bytes a row). Building it inside each attention call from [b, l] vectors, or per head,
+compiles to the same buffers. The cuDNN path turns any bool mask into a [b, 1, l, l] bias in the
+compute dtype (2 bytes an entry), and its backward writes a dbias of that shape.
 """
 
 from __future__ import annotations

@@ -80,20 +80,48 @@ def _scatter(target: Array, image_slots: Int[Array, "b m n"], image_valid: Bool[
   return target.at[rows, slots].set(values.astype(target.dtype), mode="drop")
 
 
+def draw_mask_ratio(rng: PRNGKeyArray, shape: tuple[int, ...], min_ratio: float, max_ratio: float, *,
+                    dist: str = "uniform", loc: float = 1.0, std: float = 0.25) -> Float[Array, "..."]:
+  """Mask ratios in [min_ratio, max_ratio]: uniform, or N(loc, std^2) truncated to the range [MAR].
+
+  MAR draws `scipy.stats.truncnorm((min - 1) / 0.25, 0, loc=1.0, scale=0.25)`: dist='truncnorm',
+  loc 1.0, std 0.25, max_ratio 1. MAR draws one ratio per batch; here each image gets its own
+  [ours: the same expectation, less step-to-step variance of the loss's token count].
+  """
+  if dist == "uniform":
+    return jax.random.uniform(rng, shape, jnp.float32, min_ratio, max_ratio)
+  if dist == "truncnorm":
+    if min_ratio == max_ratio:  # A point range: truncated_normal's bounds would coincide.
+      return jnp.full(shape, min_ratio, jnp.float32)
+    unit = jax.random.truncated_normal(rng, (min_ratio - loc) / std, (max_ratio - loc) / std, shape, jnp.float32)
+    # Clip: loc + std * unit can round a hair outside the range in float32.
+    return jnp.clip(loc + std * unit, min_ratio, max_ratio)
+  raise ValueError(f"config.model.mask_ratio_dist={dist!r} must be 'uniform' or 'truncnorm'")
+
+
 def draw_generation_mask(rng: PRNGKeyArray, image_task: Int[Array, "b m"], num_tokens: int, min_ratio: float,
-                         max_ratio: float) -> Bool[Array, "b m n"]:
+                         max_ratio: float, *, dist: str = "uniform", loc: float = 1.0, std: float = 0.25
+                         ) -> Bool[Array, "b m n"]:
   """Which tokens of each generation image are masked (input `<mask>`, diffusion loss) this step.
 
-  Per image a ratio uniform in [min_ratio, max_ratio] [paper, stage 1/2 ranges]; ceil(ratio * n)
-  tokens, at least one, chosen in a random order [MAR]. Understanding images get none.
+  Per image a ratio from `draw_mask_ratio` in [min_ratio, max_ratio] (the paper's stage 1
+  [0.7, 1], stage 2 [0, 1]); ceil(ratio * n) tokens, at least one, chosen in a random order
+  [MAR]. Understanding images get none. `dist`, `loc`, `std`: config.model.mask_ratio_*.
   """
   ratio_rng, order_rng = jax.random.split(rng)
   shape = image_task.shape + (num_tokens,)
-  ratio = jax.random.uniform(ratio_rng, image_task.shape, jnp.float32, min_ratio, max_ratio)
+  ratio = draw_mask_ratio(ratio_rng, image_task.shape, min_ratio, max_ratio, dist=dist, loc=loc, std=std)
   num_masked = jnp.clip(jnp.ceil(ratio * num_tokens), 1, num_tokens).astype(jnp.int32)
   # The rank of each token in a uniformly random order; the first num_masked ranks are masked.
   rank = jnp.argsort(jnp.argsort(jax.random.uniform(order_rng, shape), axis=-1), axis=-1)
   return (rank < num_masked[..., None]) & (image_task == 1)[..., None]
+
+
+def mask_ratio_kwargs(model_config) -> dict:
+  """draw_generation_mask's ratio arguments from `config.model`: min_ratio, max_ratio, dist, loc, std."""
+  m = model_config
+  return dict(min_ratio=m.mask_ratio_min, max_ratio=m.mask_ratio_max, dist=m.mask_ratio_dist,
+              loc=m.mask_ratio_loc, std=m.mask_ratio_std)
 
 
 class MMAR(nn.Module):

@@ -29,11 +29,16 @@ class StepConfig:
   mask_ratio_min: float
   mask_ratio_max: float
   grad_accum_steps: int
+  mask_ratio_dist: str = "uniform"  # config.model.mask_ratio_*: see draw_mask_ratio.
+  mask_ratio_loc: float = 1.0
+  mask_ratio_std: float = 0.25
 
   @classmethod
   def from_config(cls, config) -> StepConfig:
-    return cls(mask_ratio_min=config.model.mask_ratio_min, mask_ratio_max=config.model.mask_ratio_max,
-               grad_accum_steps=config.train.grad_accum_steps)
+    m = config.model
+    return cls(mask_ratio_min=m.mask_ratio_min, mask_ratio_max=m.mask_ratio_max,
+               grad_accum_steps=config.train.grad_accum_steps, mask_ratio_dist=m.mask_ratio_dist,
+               mask_ratio_loc=m.mask_ratio_loc, mask_ratio_std=m.mask_ratio_std)
 
 
 def image_tokens(tokenizer: ImageTokenizer, tokenizer_params: Any, batch: dict[str, Array], rng: PRNGKeyArray
@@ -69,7 +74,8 @@ def make_train_step(model: MMAR, tokenizer: ImageTokenizer, tx: optax.GradientTr
     token_rng, mask_rng, loss_rng = jax.random.split(rng, 3)
     tokens = image_tokens(tokenizer, tokenizer_params, batch, token_rng)
     generate_mask = draw_generation_mask(mask_rng, batch["image_task"], tokens.shape[2], cfg.mask_ratio_min,
-                                         cfg.mask_ratio_max)
+                                         cfg.mask_ratio_max, dist=cfg.mask_ratio_dist, loc=cfg.mask_ratio_loc,
+                                         std=cfg.mask_ratio_std)
     out = model.apply({"params": params}, batch, tokens, generate_mask, loss_rng)
     return out.loss, {"loss": out.loss, "ce": out.ce, "v_loss": out.v_loss}
 

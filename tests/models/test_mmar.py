@@ -11,11 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from scipy import stats
 
 from mmar_jax import configs
 from mmar_jax.models import masks
 from mmar_jax.models.backbone import Backbone
-from mmar_jax.models.mmar import MMAR, MMARConfig, draw_generation_mask, image_span_ids
+from mmar_jax.models.mmar import (MMAR, MMARConfig, draw_generation_mask, draw_mask_ratio, image_span_ids,
+                                  mask_ratio_kwargs)
 
 MASK_ID = 5
 L, N, C = 28, 16, 48  # Sequence length; a 16x16 image in 4x4 patches: 16 tokens of 48.
@@ -204,6 +206,40 @@ def test_losses_are_float32_with_bfloat16_compute():
   assert out.loss.dtype == out.ce.dtype == out.v_loss.dtype == out.logits.dtype == jnp.float32  # ... the losses not.
 
 
+def _jaxprs(jaxpr):
+  """`jaxpr` and every jaxpr nested in its equations (jit, scan, custom_vjp bodies ...)."""
+  yield jaxpr
+  for sub in jax.extend.core.subjaxprs(jaxpr):
+    yield from _jaxprs(sub)
+
+
+def test_head_output_reaches_the_loss_as_float32_with_bfloat16_compute():
+  # Read from the program, not from values: the v-loss's square of (prediction - target) must
+  # run in float32, on the head's bfloat16 output cast up (the paper's float32 loss).
+  cfg, params = setup("bfloat16")
+  batch, image_tokens, generate_mask = make_batch()
+  closed, out_shape = jax.make_jaxpr(
+      lambda p: MMAR(cfg).apply({"params": p}, batch, image_tokens, generate_mask, jax.random.key(3)),
+      return_shape=True)(params)
+  assert out_shape.loss.dtype == out_shape.ce.dtype == out_shape.v_loss.dtype == jnp.float32
+  rows = cfg.diffusion_batch_mul * generate_mask.size  # Every image token, batch_mul draws each.
+  squares = []
+  for jaxpr in _jaxprs(closed.jaxpr):
+    producer = {v: eqn for eqn in jaxpr.eqns for v in eqn.outvars}
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "square" and eqn.invars[0].aval.shape == (rows, C):
+        squares.append((eqn, producer))
+  assert len(squares) == 1, [eqn for eqn, _ in squares]
+  square, producer = squares[0]
+  diff = producer[square.invars[0]]
+  assert diff.primitive.name == "sub"
+  assert [v.aval.dtype for v in diff.invars + diff.outvars + square.outvars] == [jnp.float32] * 4
+  cast = producer[diff.invars[0]]  # The prediction operand: the head's output, cast up.
+  assert cast.primitive.name == "convert_element_type" and cast.outvars[0].aval.dtype == jnp.float32
+  head_out = producer[cast.invars[0]]  # The final layer's bias add, still in the compute dtype.
+  assert head_out.outvars[0].aval.dtype == jnp.bfloat16, head_out
+
+
 @pytest.mark.parametrize("low,high", [(0.7, 1.0), (0.0, 1.0)])
 def test_generation_mask_ratios(low, high):
   task = jnp.array([[1, 0, 1]] * 200)
@@ -215,6 +251,37 @@ def test_generation_mask_ratios(low, high):
   # Positions drawn in a random order: every position masked about equally often (5+ sigma bound).
   frequency = mask[:, [0, 2]].reshape(-1, N).mean(0)
   assert np.abs(frequency - frequency.mean()).max() < 0.1
+
+
+@pytest.mark.parametrize("dist,low,high", [("uniform", 0.7, 1.0), ("uniform", 0.0, 1.0),
+                                            ("truncnorm", 0.7, 1.0), ("truncnorm", 0.0, 1.0)])
+def test_mask_ratio_draws_follow_their_distribution(dist, low, high):
+  # The reference is scipy's, as MAR draws it: truncnorm((low - 1) / 0.25, 0, loc=1, scale=0.25).
+  if dist == "uniform":
+    reference = stats.uniform(low, high - low)
+  else:
+    reference = stats.truncnorm((low - 1.0) / 0.25, (high - 1.0) / 0.25, loc=1.0, scale=0.25)
+  n = 20_000
+  ratio = np.asarray(draw_mask_ratio(jax.random.key(1), (n,), low, high, dist=dist, loc=1.0, std=0.25), np.float64)
+  assert low <= ratio.min() and ratio.max() <= high
+  # 5 standard errors of the mean and of the standard deviation.
+  assert abs(ratio.mean() - reference.mean()) < 5 * reference.std() / np.sqrt(n)
+  assert abs(ratio.std() - reference.std()) < 5 * reference.std() / np.sqrt(2 * n)
+  assert stats.kstest(ratio, reference.cdf).pvalue > 1e-3  # The whole shape, not only two moments.
+
+
+def test_truncnorm_masks_mar_shares_and_reads_the_config():
+  config = tiny_config()
+  config.model.mask_ratio_dist, config.model.mask_ratio_min = "truncnorm", 0.0  # MAR's draw, stage 2's range.
+  configs.validate(config)
+  task = jnp.ones((4000, 1), jnp.int32)
+  mask = np.asarray(draw_generation_mask(jax.random.key(2), task, N, **mask_ratio_kwargs(config.model)))
+  share = mask.sum(-1).ravel() / N
+  assert share.min() >= 1 / N and share.max() == 1.0
+  # ceil(ratio * N) / N lies in [ratio, ratio + 1/N): its mean in [E ratio, E ratio + 1/N), 5 sigma slack.
+  expected = stats.truncnorm(-4.0, 0.0, loc=1.0, scale=0.25).mean()  # 0.80
+  slack = 5 * share.std() / np.sqrt(share.size)
+  assert expected - slack < share.mean() < expected + 1 / N + slack
 
 
 def test_image_span_ids_ignore_invalid_images():

@@ -141,3 +141,10 @@ def test_diverging_run_stops_with_its_last_good_checkpoint(tmp_path):
     loop.train(config, str(tmp_path))
   step, params = tiny.saved_params(str(tmp_path))
   assert 1 <= step < 20
+
+
+def test_step_reads_the_mask_ratio_distribution():
+  config = tiny.config("model.mask_ratio_dist=truncnorm", "model.mask_ratio_min=0.0", "model.mask_ratio_std=0.3")
+  cfg = step_lib.StepConfig.from_config(config)
+  assert (cfg.mask_ratio_dist, cfg.mask_ratio_min, cfg.mask_ratio_loc, cfg.mask_ratio_std) == (
+      "truncnorm", 0.0, 1.0, 0.3)
