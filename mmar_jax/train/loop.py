@@ -39,6 +39,7 @@ class TrainingDiverged(RuntimeError):
 
 @dataclasses.dataclass
 class RunResult:
+  start_step: int  # The step it started from (0, or the checkpoint it resumed).
   step: int  # The step the run stopped at (its checkpoint holds exactly this state).
   reason: str  # 'done', 'time_limit', 'preempted'
   last_metrics: dict[str, float]
@@ -145,7 +146,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Tru
     state = run.fresh_state()
   train_step = step_lib.make_train_step(exp.model, exp.image_tokenizer, run.tx, optimizer.learning_rate_schedule(t),
                                         step_lib.StepConfig.from_config(config))
-  step = int(state.step)
+  step = start_step = int(state.step)
   stop_at = t.num_steps if max_steps is None else min(max_steps, t.num_steps)
   tokenizer_params = jax.device_put(exp.image_tokenizer_params(), NamedSharding(mesh, PartitionSpec()))
   with sharding.activate(mesh, rules):
@@ -188,7 +189,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Tru
     writer.close()
   if reason == "done" and eval_fn is not None and t.eval_every and step % t.eval_every:
     eval_fn(exp, state.params, step)
-  return RunResult(step=step, reason=reason, last_metrics=window.last)
+  return RunResult(start_step=start_step, step=step, reason=reason, last_metrics=window.last)
 
 
 class _Window:

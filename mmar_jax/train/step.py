@@ -103,7 +103,7 @@ def make_train_step(model: MMAR, tokenizer: ImageTokenizer, tx: optax.GradientTr
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     consecutive, total = optimizer.skip_counts(opt_state)
-    metrics = dict(parts, grad_norm=optax.global_norm(grads), learning_rate=learning_rate(state.step),
+    metrics = dict(parts, grad_norm=optax.tree.norm(grads), learning_rate=learning_rate(state.step),
                    skipped=(consecutive > 0).astype(jnp.int32),
                    consecutive_skips=consecutive, total_skips=total,
                    tokens=jnp.sum(batch["segment_ids"] > 0), images=jnp.sum(batch["image_valid"]))

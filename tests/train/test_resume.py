@@ -64,3 +64,19 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
   assert 0 < step < 400
   out = tiny.run(workdir, f"train.num_steps={step + 2}")
   assert f"finished at step {step + 2}" in out
+
+
+def test_unreadable_newest_step_falls_back_to_the_previous_one(tmp_path, capsys):
+  from mmar_jax.train import loop
+  workdir = str(tmp_path)
+  config = tiny.config("train.checkpoint_every=2", "train.num_steps=4")
+  loop.train(config, workdir, max_steps=4)
+  # Corrupt step 4: truncate every file of its state item (as a disk or copy failure would).
+  state_dir = os.path.join(workdir, "checkpoints", "4", "state")
+  for root, _, files in os.walk(state_dir):
+    for name in files:
+      with open(os.path.join(root, name), "r+b") as f:
+        f.truncate(0)
+  result = loop.train(tiny.config("train.checkpoint_every=2", "train.num_steps=5"), workdir)
+  assert "checkpoint step 4" in capsys.readouterr().out
+  assert (result.start_step, result.step) == (2, 5)
