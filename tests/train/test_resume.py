@@ -10,6 +10,9 @@ import pytest
 
 from tests.train import tiny
 
+# Each test starts several training processes (a compile each): over a minute on 2 cores.
+pytestmark = pytest.mark.slow
+
 N = 6
 
 

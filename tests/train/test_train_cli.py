@@ -7,10 +7,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
 from tests.convert.test_hf_qwen2 import VOCAB, make_hf_model
 from tests.train import tiny
+
+# Each test starts several training processes (a compile each): over a minute on 2 cores.
+pytestmark = pytest.mark.slow
 
 # The tiny HF model's architecture, as config overrides (vocab: the demo tokenizer fits in VOCAB).
 HF_ARCH = ("model.hidden_size=64", "model.intermediate_size=96", "model.num_layers=2", "model.num_heads=4",
