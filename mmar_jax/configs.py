@@ -187,11 +187,18 @@ def base_config() -> ml_collections.ConfigDict:
   # MAR's attn_resolutions=(16,) at resolution 256 is level 4, the 16x16 one.
   config.tokenizer.vae_encoder_attn_levels = (4,)
 
-  # Device mesh: one axis size may be -1 ("the rest of the devices").
+  # Device mesh: one axis size may be -1 ("the rest of the devices"). data, fsdp and tensor are
+  # the sizes within one slice (TPU) or host (GPU), over the fast interconnect (ICI / NVLink).
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1
   config.mesh.fsdp = 1
   config.mesh.tensor = 1
+  # Slices or hosts that the data and fsdp axes also span over the data-centre network (DCN), as
+  # MaxText's dcn_*_parallelism: mesh axis 'data' is dcn_data x data devices long. Their product
+  # must equal the number of slices (or of processes where devices have no slices, e.g. GPUs).
+  # Tensor parallelism never crosses the DCN: it communicates every layer.
+  config.mesh.dcn_data = 1
+  config.mesh.dcn_fsdp = 1
   config.mesh.logical_axis_rules = DEFAULT_LOGICAL_AXIS_RULES
 
   # The input pipeline (mmar_jax/data): source, task sequences, batching, workers.
@@ -452,25 +459,50 @@ def head_dim(model_config) -> int:
   return model_config.head_dim or model_config.hidden_size // model_config.num_heads
 
 
-def mesh_shape(config: ml_collections.ConfigDict, num_devices: int | None) -> tuple[int, ...]:
-  """The (data, fsdp, tensor) sizes with -1 resolved against `num_devices`."""
+DCN_AXES = ("dcn_data", "dcn_fsdp")  # config.mesh fields: the DCN extent of 'data' and 'fsdp'.
+
+
+def dcn_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The DCN extent of each mesh axis, (dcn_data, dcn_fsdp, 1): slices or hosts per axis."""
+  for field in DCN_AXES:
+    if not isinstance(config.mesh[field], int) or config.mesh[field] < 1:
+      _fail(f"mesh.{field}", config.mesh[field], "must be a positive number of slices or hosts")
+  return (config.mesh.dcn_data, config.mesh.dcn_fsdp, 1)
+
+
+def ici_shape(config: ml_collections.ConfigDict, num_devices: int | None) -> tuple[int, ...]:
+  """The (data, fsdp, tensor) sizes within one slice or host, -1 resolved against its share of
+  `num_devices` (all devices / the DCN product)."""
   sizes = [config.mesh[a] for a in MESH_AXES]
   for axis, size in zip(MESH_AXES, sizes):
     if size == 0 or size < -1:
       _fail(f"mesh.{axis}", size, "must be a positive size or -1 (the rest of the devices)")
   if sizes.count(-1) > 1:
     _fail("mesh", dict(zip(MESH_AXES, sizes)), "may have at most one axis of size -1")
+  granules = math.prod(dcn_shape(config))
   if num_devices is None:
     return tuple(sizes)
+  if num_devices % granules:
+    _fail("mesh", {f: config.mesh[f] for f in DCN_AXES}, f"spans {granules} slices or hosts, which do not "
+          f"divide the {num_devices} devices")
+  per_granule = num_devices // granules
+  where = f" of each of the {granules} slices or hosts" if granules > 1 else ""
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
-    if num_devices % known:
+    if per_granule % known:
       _fail("mesh", dict(zip(MESH_AXES, sizes)), f"fixed axes ({known} devices) do not divide the "
-            f"{num_devices} devices")
-    sizes[sizes.index(-1)] = num_devices // known
-  elif known != num_devices:
-    _fail("mesh", dict(zip(MESH_AXES, sizes)), f"covers {known} devices but there are {num_devices}")
+            f"{per_granule} devices{where}")
+    sizes[sizes.index(-1)] = per_granule // known
+  elif known != per_granule:
+    _fail("mesh", dict(zip(MESH_AXES, sizes)), f"covers {known} devices but there are {per_granule}{where}")
   return tuple(sizes)
+
+
+def mesh_shape(config: ml_collections.ConfigDict, num_devices: int | None) -> tuple[int, ...]:
+  """The whole mesh's (data, fsdp, tensor) sizes: the per-slice sizes times their DCN extent,
+  -1 resolved against `num_devices` (left as -1 when that is None)."""
+  ici = ici_shape(config, num_devices)
+  return tuple(i if i == -1 else i * d for i, d in zip(ici, dcn_shape(config)))
 
 
 def from_dict(snapshot: dict) -> ml_collections.ConfigDict:
