@@ -6,9 +6,9 @@
 The run is built as `mmar-jax train` builds it (mmar_jax.train.loop.setup: mesh, model,
 optimizer, state shardings, the grain pipeline), with a fresh state and the loop's jit (state
 donated). Batches are drawn from the pipeline before timing, so the figures are the step's
-alone (benchmarks/data_throughput.py measures the input side). Model FLOPs are the backbone's
-by the convention of mmar_jax/train/flops.py (loop.training_flops_per_row: the adapter and the
-diffusion head are not counted); the peak is the device's data-sheet figure
+alone (benchmarks/data_throughput.py measures the input side). Model FLOPs follow
+the convention of mmar_jax/train/flops.py (loop.training_flops_per_row: the backbone over every
+position, the adapter and the diffusion head over every image slot); the peak is the device's data-sheet figure
 (mmar_jax/train/metrics.py) or --peak_flops, so on a CPU MFU is n/a unless that is given.
 """
 
