@@ -40,33 +40,29 @@ def save(mngr: ocp.CheckpointManager, state: TrainState, data_iterator: grain.Da
       config=ocp.args.JsonSave(config.to_dict())))
 
 
-def restore_latest(mngr: ocp.CheckpointManager, target: TrainState, data_iterator: grain.DatasetIterator | None
-                   ) -> TrainState | None:
-  """The newest readable step's state, placed as `target` (abstract arrays with shardings: any
-  mesh works), with `data_iterator` moved to where that step left it. None when there is none."""
-  for step in sorted(mngr.all_steps(), reverse=True):
-    items = dict(state=ocp.args.StandardRestore(target))
-    if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+def _restore_newest_readable(mngr: ocp.CheckpointManager, steps, args: ocp.args.Composite):
+  """(step, restored items) of the first of `steps` that Orbax can read; an unreadable step is
+  named in a warning and the next one tried. None when none can be read."""
+  for step in steps:
     try:
-      restored = mngr.restore(step, args=ocp.args.Composite(**items))
+      return step, mngr.restore(step, args=args)
     except Exception as e:  # noqa: BLE001 - any unreadable step falls back to the previous one.
       logging.warning("checkpoint step %d in %s is unreadable (%s: %s); falling back to the previous step",
                       step, mngr.directory, type(e).__name__, e)
       print(f"warning: checkpoint step {step} in {mngr.directory} is unreadable ({type(e).__name__}); "
             "using the previous step")
-      continue
-    return restored["state"]
   return None
 
 
-def saved_config(mngr: ocp.CheckpointManager, step: int | None = None) -> ml_collections.ConfigDict:
-  """The config snapshot saved with `step` (default: the newest)."""
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {mngr.directory}")
-  snapshot = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-  return configs.from_dict(snapshot)
+def restore_latest(mngr: ocp.CheckpointManager, target: TrainState, data_iterator: grain.DatasetIterator | None
+                   ) -> TrainState | None:
+  """The newest readable step's state, placed as `target` (abstract arrays with shardings: any
+  mesh works), with `data_iterator` moved to where that step left it. None when there is none."""
+  items = dict(state=ocp.args.StandardRestore(target))
+  if data_iterator is not None:
+    items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+  found = _restore_newest_readable(mngr, sorted(mngr.all_steps(), reverse=True), ocp.args.Composite(**items))
+  return None if found is None else found[1]["state"]
 
 
 def load_params(workdir: str, step: int | None = None) -> tuple[Any, ml_collections.ConfigDict, int]:
@@ -81,14 +77,12 @@ def load_params(workdir: str, step: int | None = None) -> tuple[Any, ml_collecti
   steps = sorted(mngr.all_steps(), reverse=True) if step is None else [step]
   if not steps:
     raise FileNotFoundError(f"{directory} holds no checkpoint")
-  for s in steps:
-    try:
-      restored = mngr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                          config=ocp.args.JsonRestore()))
-    except Exception as e:  # noqa: BLE001 - as in restore_latest.
-      if step is not None:
-        raise
-      print(f"warning: checkpoint step {s} in {directory} is unreadable ({type(e).__name__}); using the previous step")
-      continue
-    return restored["state"]["params"], configs.from_dict(restored["config"]), s
-  raise FileNotFoundError(f"no readable checkpoint in {directory}")
+  args = ocp.args.Composite(state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore())
+  if step is not None:  # An explicit step is read as asked: no falling back.
+    restored = mngr.restore(step, args=args)
+  else:
+    found = _restore_newest_readable(mngr, steps, args)
+    if found is None:
+      raise FileNotFoundError(f"no readable checkpoint in {directory}")
+    step, restored = found
+  return restored["state"]["params"], configs.from_dict(restored["config"]), step
