@@ -110,3 +110,23 @@ def check_vocab_size(tokenizer: Tokenizer, vocab_size: int) -> None:
   if vocab_size < size:
     raise ValueError(f"config.model.vocab_size={vocab_size} is smaller than the tokenizer's vocabulary "
                      f"size {size} (special tokens included); raise config.model.vocab_size to >= {size}")
+
+
+def encode_words(tokenizer: Tokenizer, text: str, where: str) -> list[int]:
+  """The ids of a user's `text` (no special tokens added); fails naming `where` and the words at fault.
+
+  At fault: words the tokenizer can only map to its unknown token (the demo's `[UNK]`; byte-level
+  BPE like Qwen2's has none) and special tokens written out (`<boi>`), which only the task
+  sequences may place.
+  """
+  encoding = tokenizer.encode(text, add_special_tokens=False)
+  unk = getattr(tokenizer.model, "unk_token", None)
+  unk_id = tokenizer.token_to_id(unk) if unk else None
+  unknown = [text[a:b] for i, (a, b) in zip(encoding.ids, encoding.offsets) if i == unk_id]
+  if unknown:
+    raise ValueError(f"{where}: the tokenizer does not know the words {unknown} (it would read them as {unk})")
+  special = {i for i, token in tokenizer.get_added_tokens_decoder().items() if token.special}
+  written = [token for i, token in zip(encoding.ids, encoding.tokens) if i in special]
+  if written:
+    raise ValueError(f"{where}: holds the special tokens {written}; write plain text, the command adds them")
+  return encoding.ids

@@ -74,9 +74,11 @@ def load_params(workdir: str, step: int | None = None) -> tuple[Any, ml_collecti
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"{workdir} has no checkpoints/ directory; is it a training --workdir?")
   mngr = manager(directory, ml_collections.ConfigDict({"keep_checkpoints": 1}), read_only=True)
-  steps = sorted(mngr.all_steps(), reverse=True) if step is None else [step]
+  steps = sorted(mngr.all_steps(), reverse=True)
   if not steps:
     raise FileNotFoundError(f"{directory} holds no checkpoint")
+  if step is not None and step not in steps:
+    raise FileNotFoundError(f"{directory} holds no step {step} (it holds steps {sorted(steps)})")
   args = ocp.args.Composite(state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore())
   if step is not None:  # An explicit step is read as asked: no falling back.
     restored = mngr.restore(step, args=args)

@@ -40,7 +40,8 @@ def _ids(exp: experiment.Experiment, text: str) -> list[int]:
   return exp.text_tokenizer.encode(text, add_special_tokens=False).ids
 
 
-def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+  """Pixels in [-1, 1] (decoded, not clipped) as uint8 images."""
   return np.clip(np.round((np.asarray(pixels, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
@@ -58,7 +59,7 @@ def evaluate(exp: experiment.Experiment, params: Any, records: list[dict], *, se
   captions = [r["caption"] for r in records]
   tokens = generate_image.generate(exp.model, params, [_ids(exp, c) for c in captions], exp.special_ids, gen_rng,
                                    **generate_image.generation_settings(config))
-  images = _to_uint8(jax.device_get(exp.image_tokenizer.decode(tokenizer_params, tokens)))
+  images = to_uint8(jax.device_get(exp.image_tokenizer.decode(tokenizer_params, tokens)))
   judged = [synthetic_judge.score(image, r["labels"]) for image, r in zip(images, records)]
 
   # One question per record, cycling through the kinds so that every kind is asked.
