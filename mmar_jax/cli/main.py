@@ -21,6 +21,8 @@ USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, ValueError)
 SUBCOMMANDS = {
     "train": ("mmar_jax.cli.train", "train or resume a model from a config (checkpoints, metrics, evaluation)"),
     "evaluate": ("mmar_jax.cli.evaluate", "held-out evaluation of a training run: images judged, questions scored"),
+    "generate": ("mmar_jax.cli.generate", "images from captions with a checkpoint: a PNG grid and one PNG each"),
+    "describe": ("mmar_jax.cli.describe", "answer questions about images with a checkpoint (one, or a JSONL batch)"),
     "info": ("mmar_jax.cli.info", "print a config's parameter counts and run one sharded forward pass"),
     "init-from-hf": ("mmar_jax.cli.init_from_hf", "start a training run (step 0) from Qwen2 weights, adapter and head fresh"),
     "import-hf": ("mmar_jax.cli.import_hf", "Hugging Face Qwen2 directory -> Orbax checkpoint"),
@@ -47,6 +49,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"mmar-jax: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr)
     sys.exit(2)
   module = importlib.import_module(SUBCOMMANDS[name][0])
+  if any(arg in ("-h", "--help", "--helpshort") for arg in argv[2:]):
+    # absl's own --help shows __main__'s docstring and flags (this file's); show the subcommand's.
+    print(f"{module.__doc__.strip()}\n\nflags:\n{flags.FLAGS.module_help(module.__name__)}")
+    return
 
   def run(sub_argv):
     if not flags.FLAGS["verbosity"].present:
