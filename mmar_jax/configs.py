@@ -95,6 +95,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.adapter_depth = 2  # Transformer blocks; 0 = a linear map from the token width.
   config.model.adapter_width = 1024
   config.model.adapter_heads = 16
+  # A learned embedding per image slot added to the image tokens' inputs (visible and <mask>
+  # alike), as MAR's decoder has. The paper adds none beyond RoPE [paper], and a pretrained LLM
+  # tells slots apart through RoPE; a small model trained from scratch barely does: every masked
+  # slot then gets nearly the same z and the head draws the same token everywhere [ours].
+  config.model.image_position_embedding = False
   config.model.adapter_remat = False  # nn.remat each adapter block: recompute its activations in the backward pass.
   # MAR-style masked generation: the share of an image's tokens masked, drawn per image in
   # [mask_ratio_min, mask_ratio_max]. Stage 1 of the paper draws from [0.7, 1.0] (the default);

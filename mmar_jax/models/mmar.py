@@ -40,16 +40,20 @@ class MMARConfig:
   diffusion_batch_mul: int = 4
   ce_weight: float = 1.0
   diffusion_weight: float = 1.0
+  num_image_tokens: int = 0  # N, tokens per image (sizes the image position embedding).
+  image_position_embedding: bool = False
 
   @classmethod
   def from_config(cls, config, mask_token_id: int) -> MMARConfig:
     """`mask_token_id`: `text_tokenizer.special_ids(tokenizer).mask`, the id the pipeline puts in image slots."""
+    from mmar_jax.models.tokenizers import num_image_tokens  # Not at import: tokenizers pull in the VAE.
     d = config.diffusion
     return cls(backbone=BackboneConfig.from_config(config.model), adapter=AdapterConfig.from_config(config),
                head=HeadConfig.from_config(config), mask_token_id=mask_token_id, schedule=d.schedule,
                num_train_steps=d.num_train_steps, prediction=d.prediction,
                diffusion_batch_mul=d.diffusion_batch_mul, ce_weight=config.loss.ce_weight,
-               diffusion_weight=config.loss.diffusion_weight)
+               diffusion_weight=config.loss.diffusion_weight, num_image_tokens=num_image_tokens(config),
+               image_position_embedding=config.model.image_position_embedding)
 
 
 @flax.struct.dataclass
@@ -133,6 +137,11 @@ class MMAR(nn.Module):
     self.backbone = Backbone(self.cfg.backbone)
     self.adapter = ImageAdapter(self.cfg.adapter)
     self.head = DiffusionHead(self.cfg.head)
+    if self.cfg.image_position_embedding:
+      # A learned vector per image slot, on visible and masked tokens alike [MAR]; see the config.
+      self.image_positions = self.param(
+          "image_position_embedding", nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
+          (self.cfg.num_image_tokens, self.cfg.backbone.hidden_size), self.cfg.backbone.weight_dtype)
 
   def embed_inputs(self, input_ids: Int[Array, "b l"], image_tokens: Float[Array, "b m n c"],
                    image_slots: Int[Array, "b m n"], image_valid: Bool[Array, "b m"],
@@ -146,6 +155,8 @@ class MMAR(nn.Module):
     # The learned mask embedding is the `<mask>` token's row of the table [ours: one place for it].
     mask_embedding = self.backbone.embed(jnp.full((1, 1), self.cfg.mask_token_id, jnp.int32))[0, 0]
     adapted = jnp.where(generate_mask[..., None], mask_embedding.astype(adapted.dtype), adapted)
+    if self.cfg.image_position_embedding:
+      adapted = adapted + self.image_positions.astype(adapted.dtype)
     return _scatter(x, image_slots, image_valid, adapted)
 
   def __call__(self, batch: dict[str, Array], image_tokens: Float[Array, "b m n c"],

@@ -336,3 +336,21 @@ def test_adapter_inits_sharded_with_heads_split_and_equal_outputs():
   with sharding.activate(mesh, rules):
     sharded = jax.jit(ImageAdapter(cfg).apply)(variables, tokens)
   np.testing.assert_allclose(np.asarray(sharded), np.asarray(expected), atol=1e-5, rtol=0)
+
+
+def test_image_position_embedding_adds_one_learned_vector_per_slot_at_the_image_slots_only():
+  cfg, params = setup()
+  with_positions = dataclasses.replace(cfg, image_position_embedding=True)
+  batch, image_tokens, generate_mask = make_batch()
+  positions = 0.5 * jax.random.normal(jax.random.key(4), (N, cfg.backbone.hidden_size))
+  params_with = dict(params, image_position_embedding=positions)
+  shapes = jax.eval_shape(MMAR(with_positions).init, jax.random.key(0), batch, image_tokens, generate_mask,
+                          jax.random.key(1))["params"]
+  assert nn.meta.unbox(shapes)["image_position_embedding"].shape == (N, cfg.backbone.hidden_size)
+  args = (batch["input_ids"], image_tokens, batch["image_slots"], batch["image_valid"], generate_mask)
+  plain = MMAR(cfg).apply({"params": params}, *args, method=MMAR.embed_inputs)
+  added = MMAR(with_positions).apply({"params": params_with}, *args, method=MMAR.embed_inputs)
+  expected = np.zeros(plain.shape, np.float32)
+  for row, slots in enumerate(batch["image_slots"][:, 0]):
+    expected[row, slots] = positions  # Visible and <mask> slots alike.
+  np.testing.assert_allclose(added - plain, expected, atol=1e-6)
