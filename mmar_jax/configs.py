@@ -225,6 +225,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.generation_fraction = 0.5  # Share of records made generation sequences [ours].
   config.data.caption_dropout = 0.1  # Generation captions dropped for CFG, as MAR drops labels [ours].
   config.data.caption_loss = False  # Cross-entropy on generation captions too (answers always).
+  # Question / answer pairs an understanding sequence asks about its image, one turn after
+  # another (LLaVA's multi-turn conversations); fewer when the record has fewer or they do not fit.
+  config.data.qa_turns = 1
   config.data.packing = False  # Pack several sequences per row (segment ids, restarted positions).
   config.data.packing_bins = 8  # First-fit packing: rows filled at once.
   config.data.num_workers = 8  # Grain worker processes decoding records; 0 decodes in-process.
@@ -337,7 +340,7 @@ def validate_data(config: ml_collections.ConfigDict) -> None:
     _fail("data.tfds_answer_key", d.tfds_answer_key, f"and config.data.tfds_question_key="
           f"{d.tfds_question_key!r} must be set together")
   for field in ("seq_len", "batch_size", "synthetic_records",
-                "packing_bins", "worker_buffer_size"):
+                "packing_bins", "worker_buffer_size", "qa_turns"):
     if d[field] <= 0:
       _fail(f"data.{field}", d[field], "must be positive")
   # Images are resized to config.tokenizer.image_size; the tokenizer alone says how many tokens

@@ -2,7 +2,7 @@
 
 Layouts [MMAR.md, task sequences], with N image slots per image:
   generation     <|im_start|> caption <boi> [N slots] <eoi>
-  understanding  <boi> [N slots] <eoi> question answer <|im_end|>
+  understanding  <boi> [N slots] <eoi> question answer <|im_end|> [question answer <|im_end|> ...]
 Image slots hold the `<mask>` id in `input_ids` (the model puts image embeddings there) and
 `token_type` 1. One record becomes one sequence; rows hold one padded sequence or several packed
 ones (packing itself is grain's FirstFitPackIterDataset, see pipeline.py); `finalize_row` turns
@@ -35,13 +35,15 @@ class SequenceConfig:
   caption_dropout: float
   caption_loss: bool
   packing: bool
+  qa_turns: int = 1  # Most question / answer pairs one understanding sequence asks about its image.
 
   @classmethod
   def from_config(cls, config) -> SequenceConfig:
     d = config.data
     return cls(seq_len=d.seq_len, image_tokens=tokenizers.num_image_tokens(config),
                generation_fraction=d.generation_fraction,
-               caption_dropout=d.caption_dropout, caption_loss=d.caption_loss, packing=d.packing)
+               caption_dropout=d.caption_dropout, caption_loss=d.caption_loss, packing=d.packing,
+               qa_turns=d.qa_turns)
 
   @property
   def max_images(self) -> int:
@@ -58,9 +60,11 @@ def build_sequence(record: dict, rng: np.random.Generator, config: SequenceConfi
   """One task sequence from a decoded record ({'image', 'caption', 'qa', 'index'}).
 
   The task is generation with probability `generation_fraction` when the record has a caption,
-  else understanding on one question / answer pair drawn from 'qa' (a caption-only record is
-  understood as an empty prompt answered by its caption). Text is cut at the end so the sequence
-  fits seq_len.
+  else understanding on up to `qa_turns` distinct question / answer pairs drawn from 'qa', in a
+  random order, one turn after another as in LLaVA's multi-turn conversations [ours] (a
+  caption-only record is understood as an empty prompt answered by its caption). Text is cut at
+  the end so the sequence fits seq_len: turns that do not fit whole are left out, and the first
+  is cut to fit.
   """
   n = config.image_tokens
   room = config.seq_len - n - 3  # Text tokens a sequence can hold besides its 3 fixed ones.
@@ -73,16 +77,19 @@ def build_sequence(record: dict, rng: np.random.Generator, config: SequenceConfi
     tokens = [ids.im_start] + caption + [ids.boi] + slots + [ids.eoi]
     image_start = len(caption) + 2
     # CE on the tokens predicted from <|im_start|> up to and including <boi>, if asked and kept.
-    loss_targets = range(1, len(caption) + 2) if config.caption_loss and caption else range(0)
+    loss_targets = list(range(1, len(caption) + 2)) if config.caption_loss and caption else []
   else:
-    question, answer = pairs[int(rng.integers(len(pairs)))]
-    q = _encode(tokenizer, question)
-    a = _encode(tokenizer, answer)
-    q, a = q[:room - 1], a[:max(1, room - len(q))]  # The question yields room before the answer does.
-    tokens = [ids.boi] + slots + [ids.eoi] + q + a + [ids.im_end]
-    image_start = 1
-    # CE on the answer and the <|im_end|> that closes it.
-    loss_targets = range(len(tokens) - len(a) - 1, len(tokens))
+    tokens, image_start, loss_targets = [ids.boi] + slots + [ids.eoi], 1, []
+    for turn, pair in enumerate(rng.permutation(len(pairs))[:config.qa_turns]):
+      q, a = (_encode(tokenizer, text) for text in pairs[pair])
+      if turn == 0:
+        q, a = q[:room - 1], a[:max(1, room - len(q))]  # The question yields room before the answer does.
+      elif len(tokens) + len(q) + len(a) + 1 > config.seq_len:
+        break
+      tokens += q
+      # CE on the answer and the <|im_end|> that closes it.
+      loss_targets += range(len(tokens), len(tokens) + len(a) + 1)
+      tokens += a + [ids.im_end]
   length = len(tokens)
   input_ids = np.asarray(tokens, np.int32)
   targets = np.append(input_ids[1:], ids.pad).astype(np.int32)

@@ -9,9 +9,10 @@ from mmar_jax import configs
 
 @pytest.mark.parametrize("field,value,match", [
     ("source", "webdataset", "config.data.source='webdataset'"),
-    ("seq_len", 19, "config.data.seq_len=19 cannot hold one image of 16 tokens"),
+    ("seq_len", 11, "config.data.seq_len=11 cannot hold one image of 9 tokens"),
     ("caption_dropout", 1.5, r"config.data.caption_dropout=1.5 must be in \[0, 1\]"),
     ("num_workers", -1, "config.data.num_workers=-1"),
+    ("qa_turns", 0, "config.data.qa_turns=0 must be positive"),
 ])
 def test_bad_data_fields_fail_by_name(field, value, match):
   config = configs.load_config("configs/demo.py")

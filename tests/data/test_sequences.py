@@ -26,9 +26,9 @@ def decode(ids):
 
 
 def test_image_token_count_comes_from_the_tokenizer():
-  config = configs.load_config("configs/demo.py")
+  config = configs.load_config("configs/demo.py", ["tokenizer.image_size=32"])
   assert sequences.SequenceConfig.from_config(config).image_tokens == (32 // 8) ** 2
-  config = configs.load_config("configs/demo.py", ["tokenizer.patch_size=4"])
+  config = configs.load_config("configs/demo.py", ["tokenizer.image_size=32", "tokenizer.patch_size=4"])
   assert sequences.SequenceConfig.from_config(config).image_tokens == (32 // 4) ** 2
 
 
@@ -65,6 +65,42 @@ def test_understanding_layout_and_answer_only_loss():
     masked = seq["targets"][seq["text_loss_mask"] > 0].tolist()
     assert masked == TOK.encode(answers[0]).ids + [IDS.im_end]
     assert seq["diffusion_loss_mask"].sum() == 0 and seq["image_task"].tolist() == [sequences.UNDERSTANDING]
+
+
+def turns_of(seq, n):
+  """The (question, answer) texts of an understanding sequence, and the CE targets of each answer."""
+  ids, targets = seq["input_ids"].tolist(), seq["targets"].tolist()
+  turns, start = [], n + 2
+  for end in [i for i, t in enumerate(ids) if t == IDS.im_end]:
+    turns.append((decode(ids[start:end]).replace(" ?", "?").replace(" .", "."),
+                  [targets[i] for i in range(start - 1, end) if seq["text_loss_mask"][i] > 0]))
+    start = end + 1
+  return turns
+
+
+def test_multi_turn_understanding_asks_distinct_questions_with_loss_on_every_answer():
+  n, seen_turns = 16, set()
+  cfg = seq_config(seq_len=128, generation_fraction=0.0, qa_turns=3)
+  for i in range(30):
+    record = SOURCE[i]
+    seq = sequences.build_sequence(record, np.random.default_rng(i), cfg, TOK, IDS)
+    assert len(seq["input_ids"]) <= cfg.seq_len
+    turns = turns_of(seq, n)
+    seen_turns.add(len(turns))
+    assert 1 <= len(turns) <= min(3, len(record["qa"]))
+    by_text = {f"{q} {a}": a for q, a in record["qa"]}
+    assert len({text for text, _ in turns}) == len(turns)  # Distinct pairs.
+    for text, answer_targets in turns:
+      assert text in by_text, text
+      # CE on exactly this turn's answer and its <|im_end|>; questions carry none.
+      assert answer_targets == TOK.encode(by_text[text]).ids + [IDS.im_end]
+    assert seq["text_loss_mask"].sum() == sum(len(t) for _, t in turns)
+  assert 3 in seen_turns
+  # A short row keeps only the turns that fit whole.
+  short = sequences.build_sequence(SOURCE[0], np.random.default_rng(0), seq_config(
+      seq_len=40, generation_fraction=0.0, qa_turns=10), TOK, IDS)
+  assert len(short["input_ids"]) <= 40 and short["input_ids"][-1] == IDS.im_end
+  assert 1 <= len(turns_of(short, n)) < len(SOURCE[0]["qa"])
 
 
 def test_task_mix_and_caption_dropout_rates():
@@ -118,7 +154,7 @@ def test_packed_rows_never_attend_across_segments(packed_batch):
 def test_packed_images_line_up_with_their_slots(packed_batch):
   cfg, source, batch = packed_batch
   n, m = cfg.image_tokens, cfg.max_images
-  assert batch["images"].shape == (8, m, 32, 32, 3) and batch["image_slots"].shape == (8, m, n)
+  assert batch["images"].shape == (8, m) + source[0]["image"].shape and batch["image_slots"].shape == (8, m, n)
   for b in range(8):
     segments = []
     for j in np.flatnonzero(batch["image_valid"][b]):
