@@ -162,6 +162,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.diffusion.num_sampling_steps = 100  # Respaced from num_train_steps, evenly, ends included.
   config.diffusion.prediction = "v"  # One of PREDICTIONS; the paper's ablation compares v and eps.
   config.diffusion.diffusion_batch_mul = 4  # (t, noise) draws per token, folded into one head batch.
+  # Share of a row's image slots (max images x N) the head trains on: the masked ones, a random
+  # subset of them if more are masked. 1 runs it on every slot, as MAR does; a packed row's
+  # masked slots are a fraction of them, so less does the same work (train/metrics logs
+  # head_overflow, the share of masked tokens that did not fit) [ours].
+  config.diffusion.head_capacity = 1.0
   config.diffusion.sampler = "ddpm"  # One of SAMPLERS; MAR samples with DDPM.
   config.diffusion.temperature = 1.0  # Scales the DDPM noise std (MAR's temperature).
   config.diffusion.ddim_eta = 0.0  # 0: deterministic DDIM.
@@ -418,6 +423,8 @@ def _validate_diffusion(d: ml_collections.ConfigDict) -> None:
           f"must be at most config.diffusion.num_train_steps={d.num_train_steps}")
   if not d.temperature > 0:
     _fail("diffusion.temperature", d.temperature, "must be positive")
+  if not 0 < d.head_capacity <= 1:
+    _fail("diffusion.head_capacity", d.head_capacity, "must be in (0, 1]")
   if not 0 <= d.ddim_eta <= 1:
     _fail("diffusion.ddim_eta", d.ddim_eta, "must be in [0, 1]")
   if not d.cfg_scale >= 0:

@@ -11,6 +11,7 @@ images are clean and fully visible; text gets cross-entropy where `text_loss_mas
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import flax.linen as nn
 import flax.struct
@@ -42,6 +43,7 @@ class MMARConfig:
   diffusion_weight: float = 1.0
   num_image_tokens: int = 0  # N, tokens per image (sizes the image position embedding).
   image_position_embedding: bool = False
+  head_capacity: float = 1.0  # Share of a row's image slots the head trains on (1: all, as MAR).
 
   @classmethod
   def from_config(cls, config, mask_token_id: int) -> MMARConfig:
@@ -53,7 +55,7 @@ class MMARConfig:
                num_train_steps=d.num_train_steps, prediction=d.prediction,
                diffusion_batch_mul=d.diffusion_batch_mul, ce_weight=config.loss.ce_weight,
                diffusion_weight=config.loss.diffusion_weight, num_image_tokens=num_image_tokens(config),
-               image_position_embedding=config.model.image_position_embedding)
+               image_position_embedding=config.model.image_position_embedding, head_capacity=d.head_capacity)
 
 
 @flax.struct.dataclass
@@ -64,6 +66,7 @@ class MMAROutput:
   loss: Float[Array, ""]  # ce_weight * ce + diffusion_weight * v_loss, float32.
   ce: Float[Array, ""]
   v_loss: Float[Array, ""]
+  head_overflow: Float[Array, ""]  # Share of masked tokens left out of the v-loss by head_capacity.
 
 
 def image_span_ids(image_slots: Int[Array, "b m n"], image_valid: Bool[Array, "b m"], length: int
@@ -119,6 +122,23 @@ def draw_generation_mask(rng: PRNGKeyArray, image_task: Int[Array, "b m"], num_t
   # The rank of each token in a uniformly random order; the first num_masked ranks are masked.
   rank = jnp.argsort(jnp.argsort(jax.random.uniform(order_rng, shape), axis=-1), axis=-1)
   return (rank < num_masked[..., None]) & (image_task == 1)[..., None]
+
+
+def head_slots(num_slots: int, capacity: float) -> int:
+  """Slots of a row the head trains on under `capacity` (config.diffusion.head_capacity)."""
+  return max(1, min(num_slots, math.ceil(capacity * num_slots)))
+
+
+def select_head_slots(generate_mask: Bool[Array, "b s"], capacity: int, rng: PRNGKeyArray) -> Int[Array, "b k"]:
+  """Per row, the `capacity` image slots the head trains on: every masked slot while they fit,
+  a uniformly random subset of them when more are masked, unmasked slots as filler [ours].
+
+  MAR runs the head on every slot and lets the mask pick the loss terms; most slots of a packed
+  row are unmasked (understanding images, visible tokens, empty image places), so a static
+  capacity near the expected masked count does the same work with a fraction of the head's FLOPs.
+  """
+  priority = generate_mask.astype(jnp.float32) + 0.5 * jax.random.uniform(rng, generate_mask.shape)
+  return jax.lax.top_k(priority, capacity)[1]
 
 
 def mask_ratio_kwargs(model_config) -> dict:
@@ -187,12 +207,22 @@ class MMAR(nn.Module):
     # v-loss: z at a masked slot predicts that slot's clean token [MAR]; mean over masked tokens.
     rows = jnp.arange(input_ids.shape[0])[:, None, None]
     z = out.hidden[rows, image_slots]
+    x0, head_z, head_mask = image_tokens.astype(jnp.float32), z, generate_mask
+    if cfg.head_capacity < 1.0:
+      select_rng, rng = jax.random.split(rng)
+      flat = lambda a: a.reshape((a.shape[0], -1) + a.shape[3:])  # noqa: E731  [b, m, n, ...] -> [b, m n, ...]
+      idx = select_head_slots(flat(generate_mask), head_slots(flat(generate_mask).shape[1], cfg.head_capacity),
+                              select_rng)
+      pick = lambda a: jnp.take_along_axis(flat(a), idx.reshape(idx.shape + (1,) * (a.ndim - 3)), axis=1)  # noqa: E731
+      x0, head_z, head_mask = pick(x0), pick(z), pick(generate_mask)
     schedule = Schedule.create(cfg.schedule, cfg.num_train_steps)
-    v_loss = diffusion_loss(lambda x_t, t, c: self.head(x_t, t, c), image_tokens.astype(jnp.float32), z,
-                            generate_mask, rng, schedule=schedule, prediction=cfg.prediction,
-                            batch_mul=cfg.diffusion_batch_mul)
+    v_loss = diffusion_loss(lambda x_t, t, c: self.head(x_t, t, c), x0, head_z, head_mask, rng,
+                            schedule=schedule, prediction=cfg.prediction, batch_mul=cfg.diffusion_batch_mul)
+    masked = jnp.sum(generate_mask.astype(jnp.float32))
+    head_overflow = (masked - jnp.sum(head_mask.astype(jnp.float32))) / jnp.maximum(masked, 1.0)
     loss = cfg.ce_weight * ce + cfg.diffusion_weight * v_loss  # Eq. 4, with weights [ours].
-    return MMAROutput(logits=out.logits, hidden=out.hidden, z=z, loss=loss, ce=ce, v_loss=v_loss)
+    return MMAROutput(logits=out.logits, hidden=out.hidden, z=z, loss=loss, ce=ce, v_loss=v_loss,
+                      head_overflow=head_overflow)
 
   # Inference building blocks [ours]. Prompts are left-padded (`mask` 0 on padding), so every row
   # of a batch ends at the same cache slot and the tokens that follow share one slot range;

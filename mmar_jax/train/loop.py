@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from mmar_jax.data import pipeline, sequences
-from mmar_jax.models.mmar import MMARConfig
+from mmar_jax.models.mmar import MMARConfig, head_slots
 from mmar_jax.train import checkpointing, experiment, flops, metrics, optimizer, sharding
 from mmar_jax.train import state as state_lib
 from mmar_jax.train import step as step_lib
@@ -89,14 +89,15 @@ def build_optimizer(exp: experiment.Experiment, config: ml_collections.ConfigDic
 
 def training_flops_per_row(config: ml_collections.ConfigDict) -> float:
   """Model FLOPs of one training row (forward + backward) by the convention in train/flops.py:
-  the backbone over seq_len tokens, the adapter and the head over every image slot of the row
-  (static shapes: they run on all M x N slots, masked or not)."""
+  the backbone over seq_len tokens, the adapter over every image slot of the row (static shapes:
+  all M x N slots, masked or not) and the head over its config.diffusion.head_capacity share."""
   cfg = MMARConfig.from_config(config, mask_token_id=0)
   seq = sequences.SequenceConfig.from_config(config)
   slots = seq.max_images * seq.image_tokens
   backbone = flops.backbone_flops_per_token(cfg.backbone, seq.seq_len).training * seq.seq_len
   adapter = flops.adapter_flops_per_token(cfg.adapter, seq.image_tokens).training * slots
-  head = flops.head_flops_per_token(cfg.head, cfg.backbone.hidden_size, cfg.diffusion_batch_mul).training * slots
+  head = (flops.head_flops_per_token(cfg.head, cfg.backbone.hidden_size, cfg.diffusion_batch_mul).training
+          * head_slots(slots, cfg.head_capacity))
   return backbone + adapter + head
 
 

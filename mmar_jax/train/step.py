@@ -77,7 +77,7 @@ def make_train_step(model: MMAR, tokenizer: ImageTokenizer, tx: optax.GradientTr
                                          cfg.mask_ratio_max, dist=cfg.mask_ratio_dist, loc=cfg.mask_ratio_loc,
                                          std=cfg.mask_ratio_std)
     out = model.apply({"params": params}, batch, tokens, generate_mask, loss_rng)
-    return out.loss, {"loss": out.loss, "ce": out.ce, "v_loss": out.v_loss}
+    return out.loss, {"loss": out.loss, "ce": out.ce, "v_loss": out.v_loss, "head_overflow": out.head_overflow}
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -92,7 +92,8 @@ def make_train_step(model: MMAR, tokenizer: ImageTokenizer, tx: optax.GradientTr
         (_, parts), grads = grad_fn(state.params, micro, tokenizer_params, jax.random.fold_in(rng, i))
         return jax.tree.map(jnp.add, carry, (parts, grads)), None
 
-      zeros = jax.tree.map(jnp.zeros_like, ({"loss": 0.0, "ce": 0.0, "v_loss": 0.0}, state.params))
+      zeros = jax.tree.map(jnp.zeros_like, ({"loss": 0.0, "ce": 0.0, "v_loss": 0.0, "head_overflow": 0.0},
+                                            state.params))
       num = cfg.grad_accum_steps
       (parts, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(num), _micro_batches(batch, num)))
       # Each micro-batch's losses are means over its own tokens; the step's is their mean [ours].

@@ -17,7 +17,7 @@ from mmar_jax import configs
 from mmar_jax.models import masks
 from mmar_jax.models.backbone import Backbone
 from mmar_jax.models.mmar import (MMAR, MMARConfig, draw_generation_mask, draw_mask_ratio, image_span_ids,
-                                  mask_ratio_kwargs)
+                                  mask_ratio_kwargs, select_head_slots)
 
 MASK_ID = 5
 L, N, C = 28, 16, 48  # Sequence length; a 16x16 image in 4x4 patches: 16 tokens of 48.
@@ -282,6 +282,40 @@ def test_truncnorm_masks_mar_shares_and_reads_the_config():
   expected = stats.truncnorm(-4.0, 0.0, loc=1.0, scale=0.25).mean()  # 0.80
   slack = 5 * share.std() / np.sqrt(share.size)
   assert expected - slack < share.mean() < expected + 1 / N + slack
+
+
+def test_head_slots_take_every_masked_slot_that_fits_and_a_random_subset_past_that():
+  mask = jnp.asarray(np.random.default_rng(0).random((64, 40)) < 0.3)
+  counts = np.asarray(mask.sum(-1))
+  for capacity in (counts.max(), counts.min()):
+    picks = [np.asarray(select_head_slots(mask, int(capacity), jax.random.key(k))) for k in range(2)]
+    for idx in picks:
+      assert all(len(set(row)) == capacity for row in idx)  # Distinct slots.
+      taken = np.take_along_axis(np.asarray(mask), idx, axis=1).sum(-1)
+      np.testing.assert_array_equal(taken, np.minimum(counts, capacity))  # Masked slots first, all that fit.
+    overflowing = counts > capacity
+    if overflowing.any():  # Past the capacity the masked slots kept are drawn, not the first ones.
+      assert any(set(a) != set(b) for a, b in zip(picks[0][overflowing], picks[1][overflowing]))
+
+
+def test_head_capacity_keeps_the_loss_and_its_gradient_paths_and_counts_overflow():
+  cfg, params = setup()
+  batch, image_tokens, generate_mask = make_batch()  # Row 1 masks 8 of its 16 slots, row 0 none.
+  half, quarter = (dataclasses.replace(cfg, head_capacity=c) for c in (0.5, 0.25))
+  assert float(forward(half, params, batch, image_tokens, generate_mask).head_overflow) == 0.0
+  assert float(forward(quarter, params, batch, image_tokens, generate_mask).head_overflow) == 0.5
+  # The v-loss's expectation over (t, noise) draws is the same with 8 head slots a row as with 16.
+  head = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(4), x.shape), params["head"])
+  p = dict(params, head=head)
+  keys = jax.random.split(jax.random.key(5), 400)
+  losses = {c.head_capacity: np.asarray(jax.vmap(lambda k, c=c: forward(c, p, batch, image_tokens, generate_mask,
+                                                                         k).v_loss)(keys)) for c in (cfg, half)}
+  full, capped = losses[1.0], losses[0.5]
+  assert abs(full.mean() - capped.mean()) < 4 * np.hypot(full.std(), capped.std()) / np.sqrt(len(keys))
+  # The masked tokens' clean values are the targets, all of them when they fit: at init the head's
+  # output layer is zero (DiT), so d v_loss / d tokens is nonzero exactly at the targets.
+  grad = jax.grad(lambda t: forward(half, params, batch, t, generate_mask).v_loss)(jnp.asarray(image_tokens))
+  np.testing.assert_array_equal(np.abs(np.asarray(grad)).max(-1) > 0, generate_mask)
 
 
 def test_image_span_ids_ignore_invalid_images():
