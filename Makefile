@@ -19,7 +19,7 @@ $(STAMP): $(BIN)/python setup.cfg requirements.lock
 	$(BIN)/python -m pip install -q -c requirements.lock -e '.[torch,test]'
 	touch $(STAMP)
 
-# Trains the demo config for at most 8 minutes (resuming runs/demo if it exists), then prints
+# Trains the demo config for at most 9 minutes (resuming runs/demo if it exists), then prints
 # the held-out evaluation table and writes runs/demo/eval/final_step_*.png.
 demo: $(STAMP)
 	$(BIN)/mmar-jax train --config=configs/demo.py --workdir=runs/demo

@@ -29,7 +29,8 @@ def write_images(root, count):
 
 def pipeline_config(manifest, *overrides):
   config = configs.load_config("configs/demo.py", ["data.source=manifest", f"data.manifest={manifest}",
-                                                   "data.packing=False", "data.batch_size=8", *overrides])
+                                                   "tokenizer.image_size=32", "data.packing=False",
+                                                   "data.batch_size=8", *overrides])
   return pipeline.PipelineConfig.from_config(config)
 
 

@@ -78,7 +78,7 @@ def test_config_validation_names_bad_tokenizer_fields():
 def test_factory_builds_the_configured_tokenizers():
   from configs import demo, mmar_0p5b
   demo_tok = tokenizers.make_tokenizer(tokenizers.TokenizerConfig.from_config(demo.get_config().tokenizer))
-  assert isinstance(demo_tok, tokenizers.PatchTokenizer) and demo_tok.grid == (4, 4) and demo_tok.token_dim == 192
+  assert isinstance(demo_tok, tokenizers.PatchTokenizer) and demo_tok.grid == (3, 3) and demo_tok.token_dim == 192
   paper = tokenizers.make_tokenizer(tokenizers.TokenizerConfig.from_config(mmar_0p5b.get_config().tokenizer))
   # MAR's KL-16 at 256x256: 256 tokens of 16 channels.
   assert isinstance(paper, tokenizers.KLVAE)
