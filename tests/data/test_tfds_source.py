@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import multiprocessing
 
 import numpy as np
 import pytest
@@ -73,16 +74,23 @@ def test_tfds_records_round_trip(data_dir, image_key):
     assert np.array_equal(got["image"], want["image"]) and got["qa"] == [want["qa"][2]]
 
 
+# A worker process that never answered (seen once in CI, not reproduced here) fails this test
+# in 3 minutes instead of the suite's 10, and is ended so it cannot hold a core for the rest.
+@pytest.mark.timeout(180)
 def test_tfds_source_through_the_pipeline_with_a_worker(data_dir):
   config = configs.load_config("configs/demo.py", [
       "data.source=tfds", "data.tfds_name=mmar_tiny_shapes", f"data.tfds_data_dir={data_dir}",
       "data.tfds_image_key=png", "data.tfds_caption_key=text", "data.packing=False", "data.batch_size=4",
       "data.num_workers=1", "data.generation_fraction=1.0", "data.caption_dropout=0.0"])
   pc = pipeline.PipelineConfig.from_config(config)
-  source = pipeline.make_source(pc)
   tok = text_tokenizer.build_demo_tokenizer()
   it = iter(pipeline.build_dataset(pc, tok, process_index=0, process_count=1))
-  indices = np.concatenate([next(it)["record_index"][:, 0] for _ in range(3)])
+  try:
+    indices = np.concatenate([next(it)["record_index"][:, 0] for _ in range(3)])
+  except BaseException:
+    for worker in multiprocessing.active_children():
+      worker.terminate()
+    raise
   it.close()
   assert sorted(indices) == list(range(12))  # One epoch, every example once.
 
