@@ -16,7 +16,7 @@ from tests.convert.test_hf_vocab import write_tokenizer
 
 
 def mmar_jax(*args, check=True):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")  # With the tests' XLA_FLAGS (tests/conftest.py).
   result = subprocess.run([sys.executable, "-m", "mmar_jax.cli.main", *args], capture_output=True, text=True,
                           env=env, timeout=300)
   if check and result.returncode != 0:

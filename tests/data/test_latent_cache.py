@@ -99,7 +99,8 @@ def test_prepare_data_cli_writes_the_same_shards(dataset, tmp_path):
   cmd = [sys.executable, "-m", "mmar_jax.cli.main", "prepare-data", "--cache-latents",
          f"--manifest={root / 'manifest.jsonl'}", f"--out={tmp_path / 'cli'}", "--batch-size=8",
          "--records-per-shard=2", "--config=configs/mmar_0p5b.py", *overrides]
-  env = {"JAX_PLATFORMS": "cpu", "PYTHONPATH": ".", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  # The tests' XLA flags (tests/conftest.py): compiled the same way, the encoder's bytes match.
+  env = {"JAX_PLATFORMS": "cpu", "PYTHONPATH": ".", "XLA_FLAGS": os.environ["XLA_FLAGS"]}
   result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "3 shards" in result.stdout and "caching latents" in result.stderr  # tqdm writes to stderr.
