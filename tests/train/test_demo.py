@@ -26,10 +26,11 @@ import pytest
 
 from mmar_jax import configs
 
-pytestmark = pytest.mark.slow
-
 SAMPLES = 64
-TIMEOUT_S = 1800
+TIMEOUT_S = 900  # For the training still to finish once the test runs, and for the evaluation.
+
+# The test waits on a training that started at collection, beyond the suite's 10 minutes a test.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(TIMEOUT_S)]
 _training: dict = {}  # The background run: its process and workdir.
 
 
