@@ -10,6 +10,7 @@ The tfds source opens lazily in each process, so grain can ship this object to i
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import numpy as np
 
@@ -28,6 +29,13 @@ class TfdsConfig:
   answer_key: str = ""
 
 
+# Grain reads a source from many threads, and in a worker process the first reads open it all at
+# once. tfds's lazy imports deadlock when two threads import it together on Python 3.11
+# (functools.cached_property's lock against the import lock: a worker hung so in CI), so one
+# thread a process imports and opens; the others wait for it.
+_OPEN_LOCK = threading.Lock()
+
+
 def _text(value) -> str:
   if isinstance(value, np.ndarray):
     value = value.item()
@@ -43,15 +51,18 @@ class TfdsSource(grain.sources.RandomAccessDataSource):
     self._length = len(self._open())
 
   def _open(self):
-    if self._source is None:
-      import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel  (slow import, optional)
-      try:
-        self._source = tfds.data_source(self._config.name, split=self._config.split,
-                                        data_dir=self._config.data_dir or None, download=False)
-      except Exception as e:  # tfds raises several kinds for "not prepared"; all mean the same to a user.
-        raise FileNotFoundError(
-            f"config.data.tfds_name={self._config.name!r} (split {self._config.split!r}, data_dir "
-            f"{self._config.data_dir or 'default'!r}) is not a prepared array_record dataset: {e}") from e
+    if self._source is not None:
+      return self._source
+    with _OPEN_LOCK:
+      if self._source is None:
+        import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel  (slow import, optional)
+        try:
+          self._source = tfds.data_source(self._config.name, split=self._config.split,
+                                          data_dir=self._config.data_dir or None, download=False)
+        except Exception as e:  # tfds raises several kinds for "not prepared"; all mean the same to a user.
+          raise FileNotFoundError(
+              f"config.data.tfds_name={self._config.name!r} (split {self._config.split!r}, data_dir "
+              f"{self._config.data_dir or 'default'!r}) is not a prepared array_record dataset: {e}") from e
     return self._source
 
   def __getstate__(self):

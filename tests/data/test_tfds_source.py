@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import multiprocessing
+import pickle
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -74,8 +78,8 @@ def test_tfds_records_round_trip(data_dir, image_key):
     assert np.array_equal(got["image"], want["image"]) and got["qa"] == [want["qa"][2]]
 
 
-# A worker process that never answered (seen once in CI, not reproduced here) fails this test
-# in 3 minutes instead of the suite's 10, and is ended so it cannot hold a core for the rest.
+# A worker that never answers (as when tfds's import deadlocked in it, see the next test) fails
+# this test in 3 minutes instead of the suite's 10, and is ended so it holds nothing afterwards.
 @pytest.mark.timeout(180)
 def test_tfds_source_through_the_pipeline_with_a_worker(data_dir):
   config = configs.load_config("configs/demo.py", [
@@ -93,6 +97,25 @@ def test_tfds_source_through_the_pipeline_with_a_worker(data_dir):
     raise
   it.close()
   assert sorted(indices) == list(range(12))  # One epoch, every example once.
+
+
+def test_concurrent_first_reads_open_the_dataset_once(data_dir, monkeypatch):
+  # As in a grain worker: an unpickled source is opened by whichever of grain's threads reads
+  # first; two threads importing tfds at once can deadlock on Python 3.11 (seen in CI).
+  source = TfdsSource(TfdsConfig("mmar_tiny_shapes", data_dir=data_dir, image_key="png", caption_key="text"))
+  shipped = pickle.loads(pickle.dumps(source))
+  opened, data_source = [], tfds.data_source
+
+  def slow_data_source(*args, **kwargs):
+    opened.append(threading.get_ident())
+    time.sleep(0.2)  # Wide enough for every thread to arrive while the first still opens.
+    return data_source(*args, **kwargs)
+
+  monkeypatch.setattr(tfds, "data_source", slow_data_source)
+  with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    records = list(pool.map(shipped.__getitem__, range(12)))
+  assert len(opened) == 1
+  assert [r["caption"] for r in records] == [source[i]["caption"] for i in range(12)]
 
 
 def test_unprepared_dataset_fails_by_name(tmp_path):
