@@ -23,8 +23,10 @@ from mmar_jax.train.state import TrainState
 
 def manager(directory: str | os.PathLike, train_config: ml_collections.ConfigDict, *, read_only: bool = False
             ) -> ocp.CheckpointManager:
+  # A reader keeps and saves nothing; saying so up front spares Orbax's warnings that it overrode both.
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=train_config.keep_checkpoints, enable_async_checkpointing=True, create=not read_only,
+      max_to_keep=None if read_only else train_config.keep_checkpoints,
+      save_interval_steps=0 if read_only else 1, enable_async_checkpointing=True, create=not read_only,
       cleanup_tmp_directories=not read_only, read_only=read_only)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=("state", "data", "config"))
 
