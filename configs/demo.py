@@ -67,7 +67,7 @@ def get_config():
   # per image for ~25 more tokens, which took held-out answers from below the majority baseline
   # to well above it at the same step budget [ours].
   config.data.qa_turns = 4
-  # `make demo`: at most 9 minutes of training on 2 CPU cores (1000 steps take ~7 on a quiet
+  # `make demo`: at most 9 minutes of training on 2 CPU cores (1000 steps take ~6 on a quiet
   # 2-core box), then the held-out evaluation; a rerun continues from the last checkpoint.
   # Drawing is learnt late: judged at chance at step 400, a fifth right at 600, almost all
   # colours and positions by 1000. A 500-step schedule, 600 steps at lr 2e-3, and 1000 steps
