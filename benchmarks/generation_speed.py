@@ -79,6 +79,10 @@ def main():
   parser.add_argument("--decode_batch", type=int, default=1)
   args = parser.parse_args()
   config = configs.load_config(args.config, args.override)
+  if args.prompt_len + args.new_tokens > config.model.max_seq_len:
+    raise SystemExit(f"--prompt_len {args.prompt_len} + --new_tokens {args.new_tokens} exceeds "
+                     f"config.model.max_seq_len={config.model.max_seq_len}")
+  batches = [int(b) for b in args.batches.split(",")]
   exp = experiment.build(config)
   params = nn.meta.unbox(jax.jit(exp.init_params)(jax.random.key(0)))
   tokenizer_params = exp.image_tokenizer.init_params(jax.random.key(1))
@@ -88,10 +92,10 @@ def main():
         f"{settings['num_sampling_steps']} {settings['sampler']} steps, cfg {settings['cfg_scale']} "
         f"({settings['cfg_schedule']}), compute {config.model.dtype}")
 
-  records = evaluation.held_out_records(config, max(int(b) for b in args.batches.split(",")))
+  records = evaluation.held_out_records(config, max(batches))
   caption_ids = [exp.text_tokenizer.encode(r["caption"], add_special_tokens=False).ids for r in records]
   decode = jax.jit(exp.image_tokenizer.decode)
-  for batch in (int(b) for b in args.batches.split(",")):
+  for batch in batches:
     def generate(batch=batch):
       tokens = generate_image.generate(exp.model, params, caption_ids[:batch], exp.special_ids, jax.random.key(2),
                                        **settings)
@@ -101,9 +105,6 @@ def main():
 
   backbone_cfg, backbone_params = exp.model.cfg.backbone, {"params": params["backbone"]}
   prompt = jax.random.randint(jax.random.key(3), (args.decode_batch, args.prompt_len), 0, config.model.vocab_size)
-  if args.prompt_len + args.new_tokens > config.model.max_seq_len:
-    raise SystemExit(f"--prompt_len {args.prompt_len} + --new_tokens {args.new_tokens} exceeds "
-                     f"config.model.max_seq_len={config.model.max_seq_len}")
   cached_s, cached = timed(lambda: generate_text.greedy_decode(
       backbone_cfg, backbone_params, prompt, jnp.ones_like(prompt), args.new_tokens), args.repeats)
   full_s, full = timed(lambda: recompute_greedy_decode(backbone_cfg, backbone_params, prompt, args.new_tokens),
