@@ -39,6 +39,7 @@ from mmar_jax.models.mmar import MMAR, MMARConfig  # noqa: E402
 from mmar_jax.train import experiment, optimizer, sharding  # noqa: E402
 from mmar_jax.train import state as state_lib  # noqa: E402
 from mmar_jax.train import step as step_lib  # noqa: E402
+from mmar_jax.train import mesh as mesh_lib
 
 GIB = 2**30
 CHIPS = (("v5e 16 GiB", 16 * GIB), ("H100 80 GB", 80e9))
@@ -67,7 +68,7 @@ def layout(config, exp, tx, k: int, tensor: int):
   fsdp = k // tensor
   while fsdp >= 1:
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = k // (fsdp * tensor), fsdp, tensor
-    mesh = sharding.make_mesh(config, jax.devices()[:k])
+    mesh = mesh_lib.make_mesh(config, jax.devices()[:k])
     try:
       return mesh, state_lib.shardings(exp.init_params, tx, mesh, config.mesh.logical_axis_rules)
     except configs.ConfigError:

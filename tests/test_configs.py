@@ -8,6 +8,7 @@ import pytest
 
 from mmar_jax import configs
 from mmar_jax.models.backbone import BackboneConfig
+from mmar_jax.train import mesh as mesh_lib
 
 
 @pytest.mark.parametrize("name,hidden,layers,heads,kv,mlp,vocab,tied", [
@@ -51,7 +52,7 @@ def test_bad_values_fail_naming_the_field(override, message):
 
 
 def test_mesh_must_match_the_device_count():
-  assert configs.mesh_shape(configs.load_config("configs/demo.py"), 8) == (8, 1, 1)
+  assert mesh_lib.mesh_shape(configs.load_config("configs/demo.py"), 8) == (8, 1, 1)
   config = configs.load_config("configs/demo.py", ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=1"])
   with pytest.raises(configs.ConfigError, match=r"covers 4 devices but there are 8"):
     configs.validate(config, num_devices=8)

@@ -12,6 +12,7 @@ from ml_collections import config_flags
 from mmar_jax import configs
 from mmar_jax.models.backbone import Backbone, BackboneConfig
 from mmar_jax.train import sharding
+from mmar_jax.train import mesh as mesh_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/demo.py.", lock_config=True)
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Sequences in the forward pass (divisible by the data axes).")
@@ -30,7 +31,7 @@ def main(argv):
     raise flags.ValidationError("--config is required, e.g. --config=configs/demo.py")
   configs.validate(config, num_devices=jax.device_count())
   cfg = BackboneConfig.from_config(config.model)
-  mesh = sharding.make_mesh(config)
+  mesh = mesh_lib.make_mesh(config)
   rules = config.mesh.logical_axis_rules
   ids = jax.random.randint(jax.random.key(config.seed), (_BATCH.value, _SEQ_LEN.value), 0, cfg.vocab_size)
   variables, _ = sharding.init_sharded(Backbone(cfg).init, mesh, rules, jax.random.key(config.seed), ids)

@@ -29,6 +29,7 @@ from mmar_jax.models.mmar import MMARConfig, head_slots
 from mmar_jax.train import checkpointing, experiment, flops, metrics, optimizer, sharding
 from mmar_jax.train import state as state_lib
 from mmar_jax.train import step as step_lib
+from mmar_jax.train import mesh as mesh_lib
 
 EvalFn = Callable[[experiment.Experiment, Any, int], None]  # (experiment, params, step)
 
@@ -125,7 +126,7 @@ class Run:
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
-  mesh = sharding.make_mesh(config)
+  mesh = mesh_lib.make_mesh(config)
   exp = experiment.build(config)
   tx = build_optimizer(exp, config)
   state_shardings = state_lib.shardings(exp.init_params, tx, mesh, config.mesh.logical_axis_rules)

@@ -9,7 +9,7 @@ import orbax.checkpoint as ocp
 import grain
 from mmar_jax import configs
 from mmar_jax.data import pipeline, text_tokenizer
-from mmar_jax.train import sharding
+from mmar_jax.train import mesh as mesh_lib
 
 TOK = text_tokenizer.build_demo_tokenizer()
 
@@ -78,7 +78,7 @@ def test_two_hosts_see_disjoint_records_covering_the_data():
 def test_host_batches_become_global_arrays_over_the_data_axes():
   config = configs.load_config("configs/demo.py", ["data.batch_size=8", "data.num_workers=0"],
                                num_devices=jax.device_count())
-  mesh = sharding.make_mesh(config)
+  mesh = mesh_lib.make_mesh(config)
   pc = pipeline.PipelineConfig.from_config(config)
   batch = next(iter(pipeline.build_dataset(pc, TOK, process_index=0, process_count=1)))
   arrays = pipeline.to_global(batch, mesh)

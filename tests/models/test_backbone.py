@@ -14,6 +14,7 @@ import pytest
 from mmar_jax import configs
 from mmar_jax.models.backbone import Backbone, BackboneConfig, KVCache
 from mmar_jax.train import sharding
+from mmar_jax.train import mesh as mesh_lib
 
 CFG = BackboneConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                      num_kv_heads=2, head_dim=16, rope_theta=10_000.0, rms_norm_eps=1e-6,
@@ -41,7 +42,7 @@ def test_sharded_forward_equals_unsharded_and_params_are_split(data, fsdp, tenso
   variables, ids = init()
   expected = forward(CFG, variables, ids).logits
   config = mesh_config(data, fsdp, tensor)
-  mesh = sharding.make_mesh(config)
+  mesh = mesh_lib.make_mesh(config)
   rules = config.mesh.logical_axis_rules
   sharded, shardings = sharding.init_sharded(Backbone(CFG).init, mesh, rules, jax.random.key(0), ids)
   with sharding.activate(mesh, rules):
@@ -63,7 +64,7 @@ def test_sharded_forward_equals_unsharded_and_params_are_split(data, fsdp, tenso
 def test_indivisible_sharding_names_the_parameter():
   cfg = dataclasses.replace(CFG, num_kv_heads=1, num_heads=2, head_dim=32)  # 1 kv head over tensor=2.
   config = mesh_config(1, 4, 2)
-  mesh = sharding.make_mesh(config)
+  mesh = mesh_lib.make_mesh(config)
   ids = jnp.zeros((4, 8), jnp.int32)
   with pytest.raises(configs.ConfigError, match=r"k_proj.*'kv_heads', size 1.*\('tensor',\)"):
     sharding.init_sharded(Backbone(cfg).init, mesh, config.mesh.logical_axis_rules, jax.random.key(0), ids)

@@ -11,6 +11,7 @@ import pytest
 from mmar_jax import configs
 from mmar_jax.models.diffusion_head import DiffusionHead, HeadConfig, timestep_features
 from mmar_jax.train import sharding
+from mmar_jax.train import mesh as mesh_lib
 
 CFG = HeadConfig(depth=2, width=64, token_channels=4)
 
@@ -78,7 +79,7 @@ def test_remat_gives_the_same_gradients():
 def test_head_initialises_sharded_over_fsdp_and_tensor():
   config = configs.base_config()
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
-  mesh = sharding.make_mesh(config)
+  mesh = mesh_lib.make_mesh(config)
   head = DiffusionHead(CFG)
   params, shardings = sharding.init_sharded(head.init, mesh, config.mesh.logical_axis_rules, jax.random.key(0),
                                             *_inputs())

@@ -18,6 +18,7 @@ from mmar_jax.models import lora
 from mmar_jax.models.backbone import Backbone, BackboneConfig
 from mmar_jax.models.mmar import MMAR, MMARConfig
 from mmar_jax.train import sharding
+from mmar_jax.train import mesh as mesh_lib
 from tests.models import test_mmar
 
 RANK = 4
@@ -171,7 +172,7 @@ def test_without_train_rows_the_whole_table_trains_and_rank0_trains_everything()
 def test_lora_factors_shard_over_fsdp_and_tensor():
   config = configs.base_config()
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
-  mesh, rules = sharding.make_mesh(config), config.mesh.logical_axis_rules
+  mesh, rules = mesh_lib.make_mesh(config), config.mesh.logical_axis_rules
   params = randomise_b(init())
   expected = logits(CFG, params, IDS)
   variables, shardings = sharding.init_sharded(Backbone(CFG).init, mesh, rules, jax.random.key(0), IDS)

@@ -18,6 +18,7 @@ from mmar_jax.models import masks
 from mmar_jax.models.backbone import Backbone
 from mmar_jax.models.mmar import (MMAR, MMARConfig, draw_generation_mask, draw_mask_ratio, image_span_ids,
                                   mask_ratio_kwargs, select_head_slots)
+from mmar_jax.train import mesh as mesh_lib
 
 MASK_ID = 5
 L, N, C = 28, 16, 48  # Sequence length; a 16x16 image in 4x4 patches: 16 tokens of 48.
@@ -362,7 +363,7 @@ def test_adapter_inits_sharded_with_heads_split_and_equal_outputs():
   config = configs.load_config("configs/demo.py", ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"])
   cfg = AdapterConfig.from_config(config)
   tokens = jax.random.normal(jax.random.key(0), (4, 16, cfg.token_dim))
-  mesh, rules = sharding.make_mesh(config), config.mesh.logical_axis_rules
+  mesh, rules = mesh_lib.make_mesh(config), config.mesh.logical_axis_rules
   variables, _ = sharding.init_sharded(ImageAdapter(cfg).init, mesh, rules, jax.random.key(0), tokens)
   kernel = variables["params"]["blocks_0"]["q_proj"]["kernel"]
   assert kernel.addressable_shards[0].data.shape == (cfg.width // 2, cfg.heads // 2, cfg.width // cfg.heads)

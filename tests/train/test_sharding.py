@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mmar_jax import configs
-from mmar_jax.train import sharding
+from mmar_jax.train import mesh as mesh_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +28,7 @@ def demo(*overrides: str):
 
 def test_single_slice_mesh_is_jax_make_mesh():
   config = demo("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
-  mesh = sharding.make_mesh(config)
+  mesh = mesh_lib.make_mesh(config)
   expected = jax.make_mesh((2, 2, 2), configs.MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
   assert mesh == expected and mesh.devices.tolist() == expected.devices.tolist()
 
@@ -41,8 +41,8 @@ def test_single_slice_mesh_is_jax_make_mesh():
 ])
 def test_dcn_shapes_multiply_the_per_slice_shape(overrides, devices, ici, whole):
   config = demo(*overrides)
-  assert configs.ici_shape(config, devices) == ici
-  assert configs.mesh_shape(config, devices) == whole
+  assert mesh_lib.ici_shape(config, devices) == ici
+  assert mesh_lib.mesh_shape(config, devices) == whole
 
 
 @pytest.mark.parametrize("override, devices, message", [
@@ -59,7 +59,7 @@ def test_bad_dcn_settings_fail_naming_the_field(override, devices, message):
 
 
 def _grid(config, devices):
-  return np.vectorize(lambda d: d.id, otypes=[int])(sharding.hybrid_device_grid(config, devices))
+  return np.vectorize(lambda d: d.id, otypes=[int])(mesh_lib.hybrid_device_grid(config, devices))
 
 
 def test_hybrid_grid_keeps_each_slice_a_contiguous_block():
@@ -87,7 +87,7 @@ def test_hybrid_grid_uses_processes_where_devices_have_no_slices():
 def test_hybrid_grid_must_match_the_number_of_slices():
   devices = [FakeDevice(id=i, process_index=0, slice_index=i // 2) for i in range(8)]  # 4 slices of 2.
   with pytest.raises(configs.ConfigError, match=r"asks for 2 slices or hosts, but the 8 devices span 4 slices"):
-    sharding.hybrid_device_grid(demo("mesh.dcn_data=2"), devices)
+    mesh_lib.hybrid_device_grid(demo("mesh.dcn_data=2"), devices)
   # The tests' one process: a DCN axis needs more than one.
   with pytest.raises(configs.ConfigError, match=r"span 1 processes"):
-    sharding.make_mesh(demo("mesh.dcn_data=2"))
+    mesh_lib.make_mesh(demo("mesh.dcn_data=2"))

@@ -10,13 +10,14 @@ from mmar_jax.data import pipeline
 from mmar_jax.train import experiment, loop, optimizer, sharding
 from mmar_jax.train import state as state_lib
 from mmar_jax.train import step as step_lib
+from mmar_jax.train import mesh as mesh_lib
 from tests.train import tiny
 
 
 def make(config, devices):
   """(jitted step, fresh state, mesh) for `config` on `devices`."""
   exp = experiment.build(config)
-  mesh = sharding.make_mesh(config, devices)
+  mesh = mesh_lib.make_mesh(config, devices)
   rules = config.mesh.logical_axis_rules
   tx = loop.build_optimizer(exp, config)
   fn = step_lib.make_train_step(exp.model, exp.image_tokenizer, tx, optimizer.learning_rate_schedule(config.train),
