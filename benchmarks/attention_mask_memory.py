@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmar_jax import configs
 from mmar_jax.models import masks
 from mmar_jax.models.backbone import Backbone, BackboneConfig
 
@@ -134,10 +135,11 @@ def main():
   parser.add_argument("--remat", default="none", help="the backbone's remat_policy (mmar_7b: dots_with_no_batch_dims)")
   args = parser.parse_args()
   check_rank_mask_matches()
-  cfg = BackboneConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=args.layers,
-                       num_heads=args.heads, num_kv_heads=2, head_dim=16, rope_theta=1e4, rms_norm_eps=1e-6,
-                       tie_word_embeddings=True, max_seq_len=args.seq_len, dtype="float32", scan_layers=True,
-                       remat_policy=args.remat)
+  cfg = BackboneConfig.from_config(configs.with_values({
+      "model.vocab_size": 256, "model.hidden_size": 64, "model.intermediate_size": 128, "model.num_layers": args.layers,
+      "model.num_heads": args.heads, "model.num_kv_heads": 2, "model.head_dim": 16, "model.rope_theta": 1e4,
+      "model.max_seq_len": args.seq_len, "model.dtype": "float32", "model.scan_layers": True,
+      "model.remat_policy": args.remat}))
   length = args.seq_len
   print(f"backend {jax.default_backend()}; backbone {cfg.num_layers} layers (nn.scan), width {cfg.hidden_size}, "
         f"heads {cfg.num_heads}/{cfg.num_kv_heads}, float32, remat {cfg.remat_policy}, seq_len {length}; temp MiB of "

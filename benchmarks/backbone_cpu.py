@@ -21,8 +21,11 @@ import numpy as np
 import torch
 import transformers
 
+from mmar_jax import configs
 from mmar_jax.convert import hf_qwen2
 from mmar_jax.models.backbone import Backbone
+
+F32 = configs.with_values({"model.dtype": "float32"})  # Against torch in float32.
 
 
 def median_seconds(fn, iters: int) -> float:
@@ -48,7 +51,7 @@ def main():
   torch_model = transformers.Qwen2ForCausalLM(hf_config).eval()
   with tempfile.TemporaryDirectory() as tmp:
     torch_model.save_pretrained(tmp)
-    cfg, params = hf_qwen2.load(tmp)
+    cfg, params = hf_qwen2.load(tmp, config=F32)
   variables = {"params": jax.tree.map(jnp.asarray, params)}
   ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (args.batch, args.seq_len))
 

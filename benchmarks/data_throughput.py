@@ -17,7 +17,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from mmar_jax import configs
@@ -47,7 +46,7 @@ def step_proxy_rate(config, batches: int) -> tuple[float, float]:
   pc = pipeline.PipelineConfig.from_config(config)
   it = iter(pipeline.build_dataset(pc, text_tokenizer.load(config.data.tokenizer)))
   host = [next(it) for _ in range(batches)]
-  model = Backbone(BackboneConfig.from_config(config.model))
+  model = Backbone(BackboneConfig.from_config(config))
   params = model.init(jax.random.key(0), jnp.asarray(host[0]["input_ids"]), jnp.asarray(host[0]["positions"]),
                       segment_ids=jnp.asarray(host[0]["segment_ids"]))
 

@@ -38,7 +38,7 @@ def main():
   for name in args.presets.split(","):
     # Unrolled layers: XLA's cost analysis counts a while loop's body (nn.scan) once, not per trip.
     # float32 and no remat: no recomputation or dtype-dependent fusions in its count.
-    cfg = dataclasses.replace(BackboneConfig.from_config(configs.load_config(f"configs/{name}.py").model),
+    cfg = dataclasses.replace(BackboneConfig.from_config(configs.load_config(f"configs/{name}.py")),
                               dtype="float32", remat_policy="none", scan_layers=False)
     model = Backbone(cfg)
     ids = jax.ShapeDtypeStruct((args.batch, args.seq_len), jnp.int32)

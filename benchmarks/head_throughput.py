@@ -44,7 +44,7 @@ def main():
   parser.add_argument("--repeats", type=int, default=20)
   args = parser.parse_args()
   config = configs.load_config(args.config)
-  head_cfg, bb_cfg = HeadConfig.from_config(config), BackboneConfig.from_config(config.model)
+  head_cfg, bb_cfg = HeadConfig.from_config(config), BackboneConfig.from_config(config)
   d = config.diffusion
   schedule, mul = Schedule.from_config(d), d.diffusion_batch_mul
   head, backbone = DiffusionHead(head_cfg), Backbone(bb_cfg)

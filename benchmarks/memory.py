@@ -30,7 +30,6 @@ import math  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 from mmar_jax import configs  # noqa: E402
 from mmar_jax.data import pipeline  # noqa: E402
@@ -49,7 +48,7 @@ def build(config) -> experiment.Experiment:
   """The experiment without its text tokenizer (the Qwen2 files need not be on disk): only the
   model and the image tokenizer take part in compiling the step; any id works as the mask id."""
   model = MMAR(MMARConfig.from_config(config, config.model.vocab_size - 1))
-  image = tokenizers.make_tokenizer(tokenizers.TokenizerConfig.from_config(config.tokenizer))
+  image = tokenizers.make_tokenizer(tokenizers.TokenizerConfig.from_config(config))
   return experiment.Experiment(config=config, text_tokenizer=None, special_ids=None, model=model,
                                image_tokenizer=image)
 
@@ -83,7 +82,7 @@ def measure(config, exp, k: int, tensor: int) -> dict:
   config.data.batch_size = rows
   abstract_state = state_lib.abstract(exp.init_params, tx, config.seed, shardings)
   inputs, image_tokens, _ = exp.dummy_inputs(rows)
-  batch_sharding = pipeline.batch_sharding(mesh)
+  batch_sharding = pipeline.batch_sharding(mesh, config.mesh.logical_axis_rules)
   batch = {key: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
            for key, v in dict(inputs, image_tokens=image_tokens).items()}
   fn = step_lib.make_train_step(exp.model, exp.image_tokenizer, tx, optimizer.learning_rate_schedule(config.train),
@@ -121,7 +120,7 @@ def main():
     config.unlock()
     exp = build(config)
     print(f"# {name}: seq_len {config.data.seq_len} (the preset's; the paper publishes none), "
-          f"{tokenizers.num_image_tokens(config)} image tokens, remat {config.model.remat_policy}, "
+          f"{configs.num_image_tokens(config)} image tokens, remat {config.model.remat_policy}, "
           f"compute {config.model.dtype}, params {config.model.param_dtype}")
     base = measure(config, exp, 1, 1)
     cases = [(1, 1)] + [(k, t) for k in map(int, args.devices.split(",")) for t in (1, int(tensor_of[name]))]

@@ -23,7 +23,6 @@ from mmar_jax import configs
 from mmar_jax.models.backbone import count_params
 from mmar_jax.models.diffusion_head import DiffusionHead
 from mmar_jax.models.mmar import MMAR, MMARConfig
-from mmar_jax.models.tokenizers import image_token_dim, num_image_tokens
 from mmar_jax.train import flops
 
 # MAR's released models (github.com/LTH14/mar README and models/mar.py): total parameters,
@@ -71,7 +70,7 @@ def abstract_params(config, num_tokens: int):
            "text_loss_mask": jnp.zeros((1, length)), "segment_ids": jnp.ones((1, length), jnp.int32),
            "positions": jnp.zeros((1, length), jnp.int32), "image_valid": jnp.ones((1, 1), bool),
            "image_slots": jnp.zeros((1, 1, num_tokens), jnp.int32)}
-  tokens = jnp.zeros((1, 1, num_tokens, image_token_dim(config)))
+  tokens = jnp.zeros((1, 1, num_tokens, configs.image_token_dim(config)))
   mask = jnp.zeros((1, 1, num_tokens), bool)
   init = lambda: MMAR(cfg).init(jax.random.key(0), batch, tokens, mask, jax.random.key(1))  # noqa: E731
   return cfg, nn.meta.unbox(jax.eval_shape(init))["params"]
@@ -88,7 +87,7 @@ def main():
   rows = []
   for name in args.presets.split(","):
     config = configs.load_config(f"configs/{name}.py")
-    n = num_image_tokens(config)
+    n = configs.num_image_tokens(config)
     cfg, params = abstract_params(config, n)
     counts = split_params(params)
     rank = lora_rank(config)

@@ -11,10 +11,12 @@ t-1, each beside the paper's bound (coefficient x delta). Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import jax
 
+from mmar_jax import configs
 from mmar_jax.diffusion import precision, toy
 from mmar_jax.models.diffusion_head import HeadConfig
 
@@ -26,7 +28,8 @@ def main():
   parser.add_argument("--width", type=int, default=256)
   parser.add_argument("--depth", type=int, default=3)
   args = parser.parse_args()
-  head = HeadConfig(depth=args.depth, width=args.width, token_channels=2)
+  head = dataclasses.replace(HeadConfig.from_config(configs.with_values(
+      {"head.depth": args.depth, "head.width": args.width, "head.dtype": "float32"})), token_channels=2)
   data = toy.ToyMixture()
   print(f"head depth {args.depth} width {args.width}, {args.steps} float32 training steps on the 2-D mixture; "
         f"{args.per_bucket} samples per bucket; errors are RMS of (bfloat16 - float32)")

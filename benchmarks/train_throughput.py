@@ -49,9 +49,10 @@ def main():
     fn = step_lib.make_train_step(run.exp.model, run.exp.image_tokenizer, run.tx,
                                   optimizer.learning_rate_schedule(config.train), step_lib.StepConfig.from_config(config))
     tokenizer_params = jax.device_put(run.exp.image_tokenizer_params(), NamedSharding(mesh, PartitionSpec()))
-    batches = [pipeline.to_global(next(run.data_iterator), mesh) for _ in range(args.warmup + args.steps)]
+    batches = [pipeline.to_global(next(run.data_iterator), mesh, config.mesh.logical_axis_rules)
+               for _ in range(args.warmup + args.steps)]
     with sharding.activate(mesh, rules):
-      jitted = jax.jit(fn, in_shardings=(run.state_shardings, pipeline.batch_sharding(mesh), None),
+      jitted = jax.jit(fn, in_shardings=(run.state_shardings, pipeline.batch_sharding(mesh, config.mesh.logical_axis_rules), None),
                        out_shardings=(run.state_shardings, None), donate_argnums=0)
       start = time.perf_counter()
       for batch in batches[:args.warmup]:

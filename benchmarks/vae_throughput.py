@@ -10,13 +10,14 @@ decode is latents -> pixels. Times exclude compilation (one warm-up call each).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 
+from mmar_jax import configs
 from mmar_jax.convert import vae_ckpt
 from mmar_jax.models import kl_vae, tokenizers
 
@@ -66,13 +67,13 @@ def main():
   print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), torch threads {torch.get_num_threads()}, "
         f"batch {b}, {size}x{size}, {args.iters} iters")
 
-  base = tokenizers.TokenizerConfig(kind="kl16", image_size=size, vae=kl_vae.VAEConfig())
+  base = tokenizers.TokenizerConfig.from_config(configs.with_values({"tokenizer.kind": "kl16", "tokenizer.image_size": size}))
   params = tokenizers.KLVAE(base).init_params(jax.random.key(0))
   x = np.random.default_rng(0).uniform(-1, 1, (b, size, size, 3)).astype(np.float32)
   z = np.random.default_rng(1).normal(size=(b, size // 16, size // 16, 16)).astype(np.float32)
   rows = {}
   for dtype in ("float32", "bfloat16"):
-    module = kl_vae.AutoencoderKL(kl_vae.VAEConfig(dtype=dtype))
+    module = kl_vae.AutoencoderKL(dataclasses.replace(base.vae, dtype=dtype))
     enc = jax.jit(lambda p, x: module.apply({"params": p}, x, method=kl_vae.AutoencoderKL.encode))
     dec = jax.jit(lambda p, z: module.apply({"params": p}, z, method=kl_vae.AutoencoderKL.decode))
     rows[f"jax {dtype}"] = (_time(lambda: enc(params, x).block_until_ready(), args.iters),

@@ -18,7 +18,7 @@ from mmar_jax.train import mesh as mesh_lib
 ])
 def test_presets_have_the_published_dimensions(name, hidden, layers, heads, kv, mlp, vocab, tied):
   config = configs.load_config(f"configs/{name}.py")
-  cfg = BackboneConfig.from_config(config.model)
+  cfg = BackboneConfig.from_config(config)
   assert (cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size,
           cfg.vocab_size, cfg.tie_word_embeddings) == (hidden, layers, heads, kv, mlp, vocab, tied)
   assert cfg.head_dim == hidden // heads
@@ -70,3 +70,20 @@ def test_snapshot_round_trip_and_foreign_fields():
   snapshot["model"]["num_expertz"] = 8
   with pytest.raises(configs.ConfigError, match=r"config\.model\.num_expertz"):
     configs.from_dict(snapshot)
+
+
+def test_an_older_snapshot_without_activation_rules_still_opens():
+  # Checkpoints written before activations had logical names of their own hold a shorter table.
+  config = configs.load_config("configs/demo.py")
+  snapshot = json.loads(json.dumps(config.to_dict()))
+  snapshot["mesh"]["logical_axis_rules"] = [r for r in snapshot["mesh"]["logical_axis_rules"]
+                                            if not r[0].startswith("activation_")]
+  restored = configs.from_dict(snapshot)
+  assert dict(restored.mesh.logical_axis_rules) == dict(config.mesh.logical_axis_rules)
+
+
+def test_a_rule_table_missing_an_axis_fails_by_name():
+  config = configs.load_config("configs/demo.py")
+  config.mesh.logical_axis_rules = tuple(r for r in config.mesh.logical_axis_rules if r[0] != "activation_mlp")
+  with pytest.raises(configs.ConfigError, match=r"no rule for logical axes \['activation_mlp'\]"):
+    configs.validate(config)

@@ -27,7 +27,7 @@ def main(argv):
   del argv
   config = _CONFIG.value or configs.base_config()
   configs.validate_tokenizer(config.tokenizer)
-  vae_config = tokenizers.TokenizerConfig.from_config(config.tokenizer).vae
+  vae_config = tokenizers.TokenizerConfig.from_config(config).vae
   params = vae_ckpt.load(_IN.value, vae_config, tuple(_IGNORE.value))
   vae_ckpt.save(_OUT.value, params, vae_config, source=_IN.value)
   count = sum(x.size for x in jax.tree.leaves(params))

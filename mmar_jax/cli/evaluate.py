@@ -10,6 +10,7 @@ import os
 
 from absl import flags
 
+from mmar_jax.infer import image_io
 from mmar_jax.train import checkpointing, evaluation, experiment
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory (holds checkpoints/).", required=True)
@@ -26,7 +27,7 @@ def main(argv):
   print(f"evaluating step {step} of {_WORKDIR.value} on {len(records)} held-out synthetic records ...", flush=True)
   result = evaluation.evaluate(exp, params, records, seed=_SEED.value)
   path = os.path.join(_WORKDIR.value, "eval", f"final_step_{step}")
-  evaluation.grid_png(result["images"][:16], [r["caption"] for r in records[:16]], path + ".png")
+  image_io.grid_png(result["images"][:16], [r["caption"] for r in records[:16]], path + ".png")
   with open(path + ".json", "w") as f:
     json.dump({k: v for k, v in result.items() if k != "images"}, f, indent=1)
   print(evaluation.table(result))

@@ -24,7 +24,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --out if it exists."
 def main(argv):
   del argv
   params, config = checkpoint.load(_CKPT.value)
-  cfg = BackboneConfig.from_config(config.model)
+  cfg = BackboneConfig.from_config(config)
   backbone = params["backbone"]
   if lora.has_lora(backbone):
     backbone = lora.merge(backbone, cfg)

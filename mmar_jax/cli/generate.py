@@ -24,8 +24,7 @@ from PIL import Image
 
 from mmar_jax.cli import checkpoint_arg
 from mmar_jax.data import text_tokenizer
-from mmar_jax.infer import generate_image
-from mmar_jax.train import evaluation
+from mmar_jax.infer import generate_image, image_io
 
 _CKPT = flags.DEFINE_string("ckpt", None, "Training --workdir, its checkpoints/ directory, or checkpoints/<step>.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the one --ckpt names, else the newest "
@@ -66,7 +65,7 @@ def main(argv):
   out = _OUT.value
   size = exp.config.tokenizer.image_size
   columns = num_images if 1 < num_images <= MAX_ROW else GRID_COLUMNS
-  evaluation.grid_png(images, [text for _, text in prompts for _ in range(num_images)], out,
+  image_io.grid_png(images, [text for _, text in prompts for _ in range(num_images)], out,
                       scale=max(1, 128 // size), columns=columns)
   stem = os.path.splitext(out)[0]
   for i, image in enumerate(images):
@@ -132,5 +131,5 @@ def generate(trained: checkpoint_arg.Trained, rows: list[list[int]], settings: d
     padded = batch + [batch[0]] * (size - len(batch))  # Every batch one shape: one compile.
     tokens = generate_image.generate(exp.model, trained.params, padded, exp.special_ids,
                                      jax.random.fold_in(jax.random.key(seed), i), **settings)
-    images.append(evaluation.to_uint8(jax.device_get(decode(trained.tokenizer_params, tokens)))[:len(batch)])
+    images.append(image_io.to_uint8(jax.device_get(decode(trained.tokenizer_params, tokens)))[:len(batch)])
   return np.concatenate(images)

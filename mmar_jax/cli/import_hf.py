@@ -41,7 +41,7 @@ def main(argv):
   tokenizer = _TOKENIZER.value
   if tokenizer is None and os.path.isfile(os.path.join(_HF_DIR.value, "tokenizer.json")):
     tokenizer = _HF_DIR.value
-  cfg, params = hf_qwen2.load(_HF_DIR.value, scan_layers=config.model.scan_layers)
+  cfg, params = hf_qwen2.load(_HF_DIR.value, config=config)
   hf_vocab = cfg.vocab_size
   if tokenizer is None:
     print(f"no tokenizer.json in {_HF_DIR.value} and no --tokenizer: the table keeps its {hf_vocab} rows and "

@@ -30,7 +30,7 @@ def main(argv):
   if config is None:
     raise flags.ValidationError("--config is required, e.g. --config=configs/demo.py")
   configs.validate(config, num_devices=jax.device_count())
-  cfg = BackboneConfig.from_config(config.model)
+  cfg = BackboneConfig.from_config(config)
   mesh = mesh_lib.make_mesh(config)
   rules = config.mesh.logical_axis_rules
   ids = jax.random.randint(jax.random.key(config.seed), (_BATCH.value, _SEQ_LEN.value), 0, cfg.vocab_size)

@@ -45,7 +45,7 @@ def main(argv):
   if config is None:
     raise flags.ValidationError("--config is required, e.g. --config=configs/mmar_0p5b.py")
   configs.validate(config, num_devices=jax.device_count())
-  cfg, backbone = hf_qwen2.load(_HF_DIR.value, scan_layers=config.model.scan_layers)
+  cfg, backbone = hf_qwen2.load(_HF_DIR.value, config=config)
   for field in ARCHITECTURE_FIELDS:
     ours = configs.head_dim(config.model) if field == "head_dim" else config.model[field]
     if getattr(cfg, field) != ours:

@@ -8,6 +8,7 @@ absl parses the flags (grain's worker processes need parsed absl flags).
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 
 from absl import app, flags, logging
@@ -15,7 +16,9 @@ from absl import app, flags, logging
 from mmar_jax.configs import ConfigError
 
 # Errors that mean bad input (a file, a flag, a config field), each with a message naming it.
-USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, ValueError)
+USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, ValueError, flags.Error)
+# What ml_collections' config flag raises for an override of a field the config lacks.
+_OVERRIDE_ERRORS = (AttributeError, KeyError, TypeError)
 
 # name -> (module, one-line description shown by `mmar-jax --help`)
 SUBCOMMANDS = {
@@ -37,6 +40,41 @@ def usage() -> str:
   lines = ["usage: mmar-jax SUBCOMMAND [--flags]  (mmar-jax SUBCOMMAND --help for its flags)", "", "subcommands:"]
   lines += [f"  {name.ljust(width)}  {about}" for name, (_, about) in SUBCOMMANDS.items()]
   return "\n".join(lines)
+
+
+def _one_line(error: BaseException) -> str:
+  text = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
+  if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # A repr()'d message: unwrap it.
+    text = text[1:-1].replace("\\n", "\n").replace("\\'", "'")
+  return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def parse_flags(name: str, argv: list[str]) -> list[str]:
+  """absl's parse of `argv`, with any bad flag or config override reported in one line (exit 2).
+
+  absl's own parser (inside `app.run`) prints a usage dump or, for an ml_collections override of a
+  field that does not exist, a traceback; neither names the argument at fault.
+  """
+  try:
+    remaining = flags.FLAGS(argv)
+    if "config" in flags.FLAGS and flags.FLAGS["config"].present:
+      flags.FLAGS["config"].value.keys()  # ml_collections defers a config file's load error to first use.
+    return remaining
+  except flags.Error as e:
+    message = _one_line(e)
+  except OSError as e:  # ml_collections' failure to load the --config file.
+    paths = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
+    message = f"--config={paths[0] if paths else ''}: cannot load the config file ({_one_line(e).split(';')[-1].strip()})"
+  except _OVERRIDE_ERRORS as e:
+    missing = re.match(r"'?([^'\n]+)'?", _one_line(e))
+    key = missing[1] if missing else ""
+    culprit = next((a for a in argv[1:] if a.startswith("--config.") and key in re.split(r"[.=]", a[2:])), None)
+    message = f"{culprit or 'a --config override'}: {_one_line(e)}" if key else _one_line(e)
+    if culprit:
+      message = f"{culprit.split('=')[0]}: the config has no field {key!r}" + "".join(
+          f" ({m[0].lower()}{m[1:]})" for m in re.findall(r"Did you mean [^?]*\?", _one_line(e)))
+  print(f"mmar-jax {name}: error: {message}", file=sys.stderr)
+  sys.exit(2)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
       print(f"mmar-jax {name}: error: {e}", file=sys.stderr)
       sys.exit(2)
 
-  app.run(run, argv=[f"mmar-jax {name}"] + argv[2:])
+  app.run(run, argv=[f"mmar-jax {name}"] + argv[2:], flags_parser=lambda args: parse_flags(name, args))
 
 
 if __name__ == "__main__":

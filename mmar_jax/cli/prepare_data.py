@@ -13,6 +13,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from mmar_jax import configs
+from mmar_jax.convert import vae_ckpt
 from mmar_jax.data import latent_cache
 from mmar_jax.models import tokenizers
 
@@ -39,8 +40,8 @@ def main(argv):
   n = jax.device_count()
   if _BATCH.value % n:
     raise flags.ValidationError(f"--batch-size={_BATCH.value} must be a multiple of the {n} devices")
-  tokenizer = tokenizers.make_tokenizer(tokenizers.TokenizerConfig.from_config(config.tokenizer))
-  params = tokenizer.load_params()
+  tokenizer = tokenizers.make_tokenizer(tokenizers.TokenizerConfig.from_config(config))
+  params = vae_ckpt.tokenizer_params(tokenizer)
   mesh = jax.make_mesh((n, 1, 1), configs.MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
   batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
   with jax.set_mesh(mesh), nn.logical_axis_rules(config.mesh.logical_axis_rules):

@@ -6,7 +6,7 @@ section (validation.py) and the sizes derived from a config by arithmetic (deriv
 """
 
 from mmar_jax.configs.derived import head_dim, image_grid, image_token_dim, num_image_tokens
-from mmar_jax.configs.loading import from_dict, load_config
+from mmar_jax.configs.loading import from_dict, load_config, with_values
 from mmar_jax.configs.schema import (ATTENTION_IMPLS, CFG_SCHEDULES, DATA_SOURCES, DEFAULT_LOGICAL_AXIS_RULES,
                                      DTYPES, LORA_TARGETS, MASK_RATIO_DISTS, MESH_AXES, NOISE_SCHEDULES,
                                      PREDICTIONS, REMAT_POLICIES, SAMPLERS, TOKENIZER_KINDS, base_config)
@@ -16,5 +16,5 @@ __all__ = [
     "ATTENTION_IMPLS", "CFG_SCHEDULES", "ConfigError", "DATA_SOURCES", "DEFAULT_LOGICAL_AXIS_RULES", "DTYPES",
     "LORA_TARGETS", "MASK_RATIO_DISTS", "MESH_AXES", "NOISE_SCHEDULES", "PREDICTIONS", "REMAT_POLICIES",
     "SAMPLERS", "TOKENIZER_KINDS", "base_config", "from_dict", "head_dim", "image_grid", "image_token_dim",
-    "load_config", "num_image_tokens", "validate", "validate_data", "validate_tokenizer",
+    "load_config", "num_image_tokens", "validate", "validate_data", "validate_tokenizer", "with_values",
 ]

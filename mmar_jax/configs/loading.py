@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from mmar_jax.configs.schema import base_config
+from mmar_jax.configs.schema import DEFAULT_LOGICAL_AXIS_RULES, base_config
 from mmar_jax.configs.validation import ConfigError, validate
 
 
@@ -48,9 +49,32 @@ def from_dict(snapshot: dict) -> ml_collections.ConfigDict:
         node[key] = value
 
   assign(config, snapshot, "")
+  # A snapshot written before a logical axis existed has no rule for it: that axis gets the
+  # schema's rule, so older checkpoints still open.
+  named = {name for name, _ in config.mesh.logical_axis_rules}
+  config.mesh.logical_axis_rules = tuple(config.mesh.logical_axis_rules) + tuple(
+      rule for rule in DEFAULT_LOGICAL_AXIS_RULES if rule[0] not in named)
   validate(config)
   return config
 
 
 def _as_tuples(value):
   return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def with_values(values: Mapping[str, Any], base: ml_collections.ConfigDict | None = None
+                ) -> ml_collections.ConfigDict:
+  """A copy of `base` (default: the schema's) with each dotted path of `values` set, unvalidated:
+  `{"model.hidden_size": 64}`. A path the schema does not have fails by name."""
+  config = (base or base_config()).copy_and_resolve_references()
+  for path, value in dict(values).items():
+    *parents, leaf = path.split(".")
+    node = config
+    for name in parents:
+      node = node[name] if name in node else None
+      if not isinstance(node, ml_collections.ConfigDict):
+        raise ConfigError(f"config.{path} is not a field of the schema")
+    if leaf not in node:
+      raise ConfigError(f"config.{path} is not a field of the schema")
+    node[leaf] = value
+  return config

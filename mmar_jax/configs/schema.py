@@ -25,12 +25,12 @@ DATA_SOURCES = ("synthetic", "manifest", "tfds")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 # Logical axis -> mesh axis (or axes). One table decides every sharding: parameters and
-# activations name logical axes only. flax skips a mesh axis that an earlier dimension of the
-# same array already uses, so activations ('batch', 'length', 'embed') shard batch over
-# data x fsdp and leave embed whole, while parameters ('vocab', 'embed') shard embed over fsdp.
+# activations name logical axes only. Activations have names of their own (MaxText's split), so a
+# parameter's axis and the activation dimension it produces can be sharded independently: sequence
+# or tensor-parallel activations are a change of this table, never of the model. 'batch' and
+# 'length' name only activations (and the input batches, data/pipeline.py).
 DEFAULT_LOGICAL_AXIS_RULES = (
-    ("batch", ("data", "fsdp")),
-    ("length", None),
+    # Parameters.
     ("layers", None),
     ("vocab", "tensor"),
     ("embed", "fsdp"),
@@ -40,7 +40,18 @@ DEFAULT_LOGICAL_AXIS_RULES = (
     ("head_dim", None),
     ("norm", None),
     ("lora", None),  # LoRA's rank axis: small, replicated.
+    # Activations: the batch over every data-parallel axis, the model width whole.
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("activation_embed", None),
+    ("activation_vocab", "tensor"),
+    ("activation_mlp", "tensor"),
+    ("activation_heads", "tensor"),
+    ("activation_kv_heads", "tensor"),
+    ("activation_head_dim", None),
 )
+# Every logical axis the modules name: each needs a rule (validation checks it).
+LOGICAL_AXES = tuple(name for name, _ in DEFAULT_LOGICAL_AXIS_RULES)
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -11,9 +11,9 @@ import math
 import ml_collections
 
 from mmar_jax.configs import derived
-from mmar_jax.configs.schema import (ATTENTION_IMPLS, CFG_SCHEDULES, DATA_SOURCES, DTYPES, LORA_TARGETS,
-                                     MASK_RATIO_DISTS, MESH_AXES, NOISE_SCHEDULES, PREDICTIONS, REMAT_POLICIES,
-                                     SAMPLERS, TOKENIZER_KINDS)
+from mmar_jax.configs.schema import (ATTENTION_IMPLS, CFG_SCHEDULES, DATA_SOURCES, DTYPES, LOGICAL_AXES,
+                                     LORA_TARGETS, MASK_RATIO_DISTS, MESH_AXES, NOISE_SCHEDULES, PREDICTIONS,
+                                     REMAT_POLICIES, SAMPLERS, TOKENIZER_KINDS)
 
 
 class ConfigError(ValueError):
@@ -86,7 +86,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     for t in targets:
       if t is not None and t not in MESH_AXES:
         fail("mesh.logical_axis_rules", (name, target), f"maps to unknown mesh axis {t!r}; axes are {MESH_AXES}")
-  missing = {"batch", "embed", "vocab", "mlp", "heads", "kv_heads"} - rule_axes
+  missing = set(LOGICAL_AXES) - rule_axes
   if missing:
     fail("mesh.logical_axis_rules", "...", f"has no rule for logical axes {sorted(missing)}")
   validate_data(config)

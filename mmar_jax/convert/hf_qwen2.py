@@ -27,11 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import ml_collections
 import ml_dtypes
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from mmar_jax import configs
 from mmar_jax.models.backbone import BackboneConfig
 
 
@@ -86,8 +88,8 @@ _TOP_TENSORS = {
 # ----------------------------------------------------------------------------- config
 
 
-def config_from_hf(hf: Mapping[str, Any], source: str = "config.json", **runtime) -> BackboneConfig:
-  """BackboneConfig from an HF config dict; `runtime` sets dtype, scan_layers, remat, ..."""
+def model_fields_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> dict[str, Any]:
+  """The architecture fields of config.model that an HF Qwen2 config dict fixes."""
   def field(name, default=None):
     if name in hf and hf[name] is not None:
       return hf[name]
@@ -110,13 +112,21 @@ def config_from_hf(hf: Mapping[str, Any], source: str = "config.json", **runtime
   if rope_theta is None:
     raise HFCheckpointError(f"{source}: field 'rope_theta' (or rope_parameters.rope_theta) is missing")
   hidden, heads = field("hidden_size"), field("num_attention_heads")
-  return BackboneConfig(
+  return dict(
       vocab_size=field("vocab_size"), hidden_size=hidden, intermediate_size=field("intermediate_size"),
       num_layers=field("num_hidden_layers"), num_heads=heads,
       num_kv_heads=field("num_key_value_heads", heads), head_dim=hf.get("head_dim") or hidden // heads,
       rope_theta=float(rope_theta), rms_norm_eps=float(field("rms_norm_eps")),
       tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-      max_seq_len=field("max_position_embeddings", 32768), **runtime)
+      max_seq_len=field("max_position_embeddings", 32768))
+
+
+def config_from_hf(hf: Mapping[str, Any], source: str = "config.json",
+                   config: ml_collections.ConfigDict | None = None) -> BackboneConfig:
+  """The backbone view of `config` (default: the schema's) with the architecture of an HF config
+  dict; the rest (dtype, scan_layers, remat, LoRA, ...) is `config`'s."""
+  values = {f"model.{k}": v for k, v in model_fields_from_hf(hf, source).items()}
+  return BackboneConfig.from_config(configs.with_values(values, config))
 
 
 def config_to_hf(cfg: BackboneConfig, dtype: str = "float32") -> dict[str, Any]:
@@ -284,9 +294,10 @@ def truncate_vocab(cfg: BackboneConfig, params: Mapping[str, Any], vocab_size: i
 # ----------------------------------------------------------------------------- load / save
 
 
-def load(path: str | os.PathLike, *, vocab_size: int | None = None, new_rows=(), mean_rows: int | None = None,
-         **runtime) -> tuple[BackboneConfig, dict[str, Any]]:
-  """Reads an HF Qwen2 directory. `runtime` fields (dtype, scan_layers, ...) go into the config.
+def load(path: str | os.PathLike, *, config: ml_collections.ConfigDict | None = None, vocab_size: int | None = None,
+         new_rows=(), mean_rows: int | None = None) -> tuple[BackboneConfig, dict[str, Any]]:
+  """Reads an HF Qwen2 directory: its architecture, with the other backbone fields from `config`
+  (default: the schema's).
 
   With `vocab_size` or `new_rows`, the table is resized for new tokens (`resize_vocab`); the
   returned config's vocab_size is then the new one.
@@ -295,7 +306,7 @@ def load(path: str | os.PathLike, *, vocab_size: int | None = None, new_rows=(),
   config_file = path / "config.json"
   if not config_file.exists():
     raise HFCheckpointError(f"{config_file}: not found; is {path} a Hugging Face model directory?")
-  cfg = config_from_hf(json.loads(config_file.read_text()), source=str(config_file), **runtime)
+  cfg = config_from_hf(json.loads(config_file.read_text()), source=str(config_file), config=config)
   params = params_from_hf(read_tensors(path, cfg), cfg)
   if vocab_size is not None or len(new_rows):
     cfg, params = resize_vocab(cfg, params, vocab_size or cfg.vocab_size, new_rows=new_rows, mean_rows=mean_rows)
@@ -320,6 +331,8 @@ def save(cfg: BackboneConfig, params: Mapping[str, Any], path: str | os.PathLike
   path = Path(path)
   if path.exists() and not overwrite:
     raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+  if path.exists() and not path.is_dir():
+    raise FileExistsError(f"{path} is a file, not a model directory; --overwrite replaces only a directory")
   if vocab_size is not None:
     cfg, params = truncate_vocab(cfg, params, vocab_size)
   tensors = {k: v.astype(_SAVE_DTYPES[dtype]) for k, v in params_to_hf(params, cfg).items()}

@@ -18,7 +18,6 @@ import os
 import re
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mmar_jax.models import kl_vae
@@ -59,17 +58,11 @@ def _to_flax(tensor: np.ndarray) -> np.ndarray:
   return tensor
 
 
-def abstract_params(config: kl_vae.VAEConfig):
-  """Shapes and dtypes of the model's parameters, computed without allocating them."""
-  pixels = jax.ShapeDtypeStruct((1, 8 * config.downsample, 8 * config.downsample, config.in_channels), jnp.float32)
-  return jax.eval_shape(lambda x: kl_vae.AutoencoderKL(config).init(jax.random.key(0), x)["params"], pixels)
-
-
 def params_from_state_dict(state_dict: dict[str, np.ndarray], config: kl_vae.VAEConfig,
                            ignore_prefixes: tuple[str, ...] = ()):
   """Flax params from an LDM-layout state dict; strict, except keys starting with `ignore_prefixes`."""
   state_dict = {k: v for k, v in state_dict.items() if not k.startswith(tuple(ignore_prefixes))}
-  flat = jax.tree_util.tree_flatten_with_path(abstract_params(config))
+  flat = jax.tree_util.tree_flatten_with_path(kl_vae.abstract_params(config))
   leaves, treedef = flat
   missing, misshapen, out = [], [], []
   consumed = set()
@@ -107,10 +100,22 @@ def _torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
   """Name -> numpy array from a torch file (`{"model": sd}` or a bare sd) or a safetensors file."""
   if path.endswith(".safetensors"):
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
-    return dict(load_file(path))
+    try:
+      return dict(load_file(path))
+    except SafetensorError as e:
+      raise CheckpointMismatchError(f"{path} is not a readable safetensors file ({e})") from e
+  import pickle
+
   import torch  # Only here: training reads converted checkpoints without torch.
-  obj = torch.load(path, map_location="cpu", weights_only=True)
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+    # torch's own hint (retry with weights_only=False) would run arbitrary code, and is no help for a
+    # file that is not a checkpoint at all.
+    raise CheckpointMismatchError(f"{path} is not a torch checkpoint holding only tensors "
+                                  f"(torch.load: {type(e).__name__})") from e
   if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
     obj = obj["model"]  # MAR's layout.
   elif isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
@@ -145,7 +150,7 @@ def _load_dir(path: str, config: kl_vae.VAEConfig):
   diff = {k: (saved.get(k), ours[k]) for k in arch_fields if _norm(saved.get(k)) != _norm(ours[k])}
   if diff:
     raise CheckpointMismatchError(f"{path} holds a different VAE: field: (saved, config) {diff}")
-  target = abstract_params(config)
+  target = kl_vae.abstract_params(config)
   return ocp.StandardCheckpointer().restore(os.path.join(path, PARAMS_DIR), target)
 
 
@@ -160,3 +165,15 @@ def load(path: str, config: kl_vae.VAEConfig, ignore_prefixes: tuple[str, ...] =
   if not os.path.exists(path):
     raise FileNotFoundError(f"VAE checkpoint {path} does not exist")
   return params_from_state_dict(read_state_dict(path), config, ignore_prefixes)
+
+
+def tokenizer_params(tokenizer) -> dict:
+  """The pretrained parameters an image tokenizer's config names: `{}` for pixel patches, the VAE's
+  from config.tokenizer.vae_checkpoint for KL-16."""
+  from mmar_jax.models import tokenizers  # The converter stays importable without the tokenizers' jax code.
+  if not isinstance(tokenizer, tokenizers.KLVAE):
+    return {}
+  if not tokenizer.config.vae_checkpoint:
+    raise ValueError("config.tokenizer.vae_checkpoint is empty: point it at a convert-vae output dir, "
+                     "MAR's kl16.ckpt or a safetensors file")
+  return load(tokenizer.config.vae_checkpoint, tokenizer.config.vae)

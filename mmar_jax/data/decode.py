@@ -1,7 +1,7 @@
 """Decoding a source record into pixels and texts, or into a `corrupt` marker saying why not.
 
 Runs in grain's worker processes. A failure never raises here: the record becomes a marker
-({'corrupt': reason, 'source', 'index'}) that `SkipCorrupt` (pipeline.py) counts and logs in
+({'corrupt': reason, 'source', 'index'}) that `SkipCorruptIterator` (corrupt.py) counts and logs in
 the training process, where the count can stop the run.
 """
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from typing import TYPE_CHECKING
 
 import flax.serialization
 import jax
@@ -34,7 +35,8 @@ from tqdm import tqdm
 
 from mmar_jax.data.decode import load_image as load_pixels
 from mmar_jax.data.manifest import ManifestSource
-from mmar_jax.models import tokenizers
+if TYPE_CHECKING:  # Annotations only: grain's workers import this module and need no flax models.
+  from mmar_jax.models import tokenizers
 
 INFO_FILE = "cache_info.json"
 

@@ -40,9 +40,7 @@ from mmar_jax.data import decode, sequences, synthetic, text_tokenizer
 from mmar_jax.data.manifest import ManifestSource
 from mmar_jax.data.tfds_source import TfdsConfig, TfdsSource
 from mmar_jax.data.corrupt import SkipCorruptIterDataset, SkipCorruptIterator
-
-BATCH_AXES = ("data", "fsdp")  # Mesh axes the batch dimension is split over.
-
+from mmar_jax.train import mesh as mesh_lib
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
@@ -59,7 +57,7 @@ class PipelineConfig:
   seed: int
   max_corrupt_fraction: float
   sequence: sequences.SequenceConfig
-  tfds: TfdsConfig | None = None
+  tfds: TfdsConfig
 
   @classmethod
   def from_config(cls, config) -> PipelineConfig:
@@ -159,12 +157,12 @@ def corrupt_counts(iterator: grain.DatasetIterator) -> dict[str, int]:
   raise ValueError("the iterator has no corrupt-record stage; was it made by build_dataset?")
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Batch dimension over ('data', 'fsdp'); every other dimension whole."""
-  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
+  """The batch dimension split as the rule table's 'batch' axis says; every other dimension whole."""
+  return NamedSharding(mesh, PartitionSpec(mesh_lib.mesh_axes("batch", rules)))
 
 
-def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Host-local batches from every host -> global jax.Arrays, batch split over the data axes."""
-  sharding = batch_sharding(mesh)
+def to_global(batch: dict[str, np.ndarray], mesh: Mesh, rules) -> dict[str, jax.Array]:
+  """Host-local batches from every host -> global jax.Arrays, split over the mesh as `rules` say."""
+  sharding = batch_sharding(mesh, rules)
   return {key: jax.make_array_from_process_local_data(sharding, value) for key, value in batch.items()}

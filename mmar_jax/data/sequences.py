@@ -17,7 +17,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from mmar_jax.data.text_tokenizer import SpecialIds
-from mmar_jax.models import tokenizers
+from mmar_jax import configs
 
 UNDERSTANDING, GENERATION = 0, 1  # image_task values
 TEXT, IMAGE = 0, 1  # token_type values
@@ -35,12 +35,12 @@ class SequenceConfig:
   caption_dropout: float
   caption_loss: bool
   packing: bool
-  qa_turns: int = 1  # Most question / answer pairs one understanding sequence asks about its image.
+  qa_turns: int  # Most question / answer pairs one understanding sequence asks about its image.
 
   @classmethod
   def from_config(cls, config) -> SequenceConfig:
     d = config.data
-    return cls(seq_len=d.seq_len, image_tokens=tokenizers.num_image_tokens(config),
+    return cls(seq_len=d.seq_len, image_tokens=configs.num_image_tokens(config),
                generation_fraction=d.generation_fraction,
                caption_dropout=d.caption_dropout, caption_loss=d.caption_loss, packing=d.packing,
                qa_turns=d.qa_turns)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-PREDICTIONS = ("v", "eps", "x0")
+from mmar_jax.configs import PREDICTIONS
+
 
 
 def _check(prediction: str) -> None:

@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from mmar_jax.configs import SAMPLERS
 from mmar_jax.diffusion import parameterization
 from mmar_jax.diffusion.schedule import Schedule
 
-METHODS = ("ddpm", "ddim")
 # (params, x_t [m, c], t [m], z [m, dz]) -> prediction [m, c]; typically `head.apply`.
 ApplyFn = Callable[[Any, Array, Array, Array], Array]
 
@@ -48,8 +48,8 @@ def sample(apply_fn: ApplyFn, params: Any, z: Float[Array, "n dz"], rng: PRNGKey
   `temperature` scales the DDPM noise std as MAR does (not the initial noise); DDIM ignores it
   and adds noise of std eta * sigma_DDIM.
   """
-  if method not in METHODS:
-    raise ValueError(f"sampler method {method!r} must be one of {METHODS}")
+  if method not in SAMPLERS:
+    raise ValueError(f"sampler method {method!r} must be one of {SAMPLERS}")
   n = z.shape[0]
   ts = jnp.asarray(schedule.timesteps, jnp.float32)
   ab, ab_prev = jnp.asarray(schedule.alpha_bar), jnp.asarray(schedule.alpha_bar_prev)

@@ -26,8 +26,8 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from mmar_jax.data.text_tokenizer import SpecialIds
-from mmar_jax.infer.generate_image import PAD_MULTIPLE, as_variables
-from mmar_jax.models.mmar import MMAR, MMARConfig
+from mmar_jax.infer import prompts
+from mmar_jax.models.mmar import MMAR, MMARConfig, as_variables
 
 
 def sample_logits(rng: PRNGKeyArray, logits: Float[Array, "b v"], temperature: Float[Array, ""] | float,
@@ -55,15 +55,8 @@ def understanding_prompts(question_ids: Sequence[Sequence[int]], num_tokens: int
     if bad:
       raise ValueError(f"question {i} holds special token ids {bad}: pass the question's own ids only")
     rows.append([special_ids.boi, *[special_ids.mask] * num_tokens, special_ids.eoi, *q])
-  length = -(-max(len(r) for r in rows) // PAD_MULTIPLE) * PAD_MULTIPLE
-  ids = np.full((len(rows), length), special_ids.pad, np.int32)
-  mask = np.zeros((len(rows), length), np.int32)
-  slots = np.zeros((len(rows), num_tokens), np.int32)
-  for i, r in enumerate(rows):
-    start = length - len(r)
-    ids[i, start:], mask[i, start:] = r, 1
-    slots[i] = start + 1 + np.arange(num_tokens)
-  return ids, mask, slots
+  ids, mask, starts = prompts.left_pad(rows, special_ids.pad)
+  return ids, mask, (starts[:, None] + 1 + np.arange(num_tokens)).astype(np.int32)
 
 
 def describe(model: MMAR, params, image_tokens: Float[Array, "b n c"], question_ids: Sequence[Sequence[int]],

@@ -17,7 +17,7 @@ the head. Classifier-free guidance runs each caption's sequence and the empty-ca
 guidance schedule 1 -> cfg_scale over the tokens known after each step; both branches share the
 partial image and the diffusion noise, as in MAR. At cfg_scale 1 only the conditional branch runs.
 
-Static shapes [ours]: prompts are left-padded to a multiple of 8 (fewer recompiles across
+Static shapes [ours]: prompts are left-padded (infer/prompts.py: fewer recompiles across
 caption lengths); the prompt's KV cache is computed once and reused by every step; each step
 runs the head on the largest number of tokens any step reveals, and drops the surplus lanes.
 The guidance scale and temperature are traced: changing them does not recompile.
@@ -38,16 +38,15 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 from mmar_jax.data.text_tokenizer import SpecialIds
 from mmar_jax.diffusion import sampling
 from mmar_jax.diffusion.schedule import Schedule
-from mmar_jax.models.mmar import MMAR, MMARConfig
-
-PAD_MULTIPLE = 8  # Prompt lengths round up to this [ours]: one compile serves nearby caption lengths.
+from mmar_jax.infer import prompts
+from mmar_jax import configs
+from mmar_jax.models.mmar import MMAR, MMARConfig, as_variables
 
 
 def generation_settings(config, **overrides) -> dict[str, Any]:
   """`generate`'s keyword arguments from `config` (diffusion section, tokenizer's N), with overrides."""
-  from mmar_jax.models.tokenizers import num_image_tokens  # Not at import: tokenizers pull in the VAE.
   d = config.diffusion
-  settings = dict(num_tokens=num_image_tokens(config), num_steps=d.num_generation_steps, cfg_scale=d.cfg_scale,
+  settings = dict(num_tokens=configs.num_image_tokens(config), num_steps=d.num_generation_steps, cfg_scale=d.cfg_scale,
                   cfg_schedule=d.cfg_schedule, temperature=d.temperature, num_sampling_steps=d.num_sampling_steps,
                   sampler=d.sampler, ddim_eta=d.ddim_eta)
   unknown = set(overrides) - set(settings)
@@ -84,22 +83,8 @@ def generation_prompts(caption_ids: Sequence[Sequence[int]], special_ids: Specia
   rows = [[special_ids.im_start, *ids, special_ids.boi] for ids in caption_ids]
   if guided:
     rows += [[special_ids.im_start, special_ids.boi]] * len(caption_ids)
-  return _left_pad(rows, special_ids.pad)
-
-
-def _left_pad(rows: list[list[int]], pad: int) -> tuple[np.ndarray, np.ndarray]:
-  length = -(-max(len(r) for r in rows) // PAD_MULTIPLE) * PAD_MULTIPLE
-  ids = np.full((len(rows), length), pad, np.int32)
-  mask = np.zeros((len(rows), length), np.int32)
-  for i, r in enumerate(rows):
-    if r:
-      ids[i, -len(r):], mask[i, -len(r):] = r, 1
+  ids, mask, _ = prompts.left_pad(rows, special_ids.pad)
   return ids, mask
-
-
-def as_variables(params) -> dict:
-  """`{'params': params}` unless `params` already is a variables dict."""
-  return params if "params" in params else {"params": params}
 
 
 def generate(model: MMAR, params, caption_ids: Sequence[Sequence[int]], special_ids: SpecialIds,

@@ -11,12 +11,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Int
 
+from mmar_jax.models import masks
 from mmar_jax.models.backbone import Backbone, BackboneConfig, KVCache
-
-
-def left_padded_positions(prompt_mask: Int[Array, "b l"]) -> Int[Array, "b l"]:
-  """Positions that start at 0 on each row's first real token (as HF does for left padding)."""
-  return jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens"))
@@ -31,7 +27,7 @@ def greedy_decode(
   model = Backbone(cfg)
   batch, prompt_len = prompt_ids.shape
   cache = KVCache.zeros(cfg, batch, prompt_len + max_new_tokens)
-  positions = left_padded_positions(prompt_mask)
+  positions = masks.left_padded_positions(prompt_mask)
   out = model.apply(params, prompt_ids, positions, segment_ids=prompt_mask.astype(jnp.int32), kv_cache=cache)
   first = jnp.argmax(out.logits[:, -1], axis=-1)
 

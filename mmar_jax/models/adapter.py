@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
+from mmar_jax import configs
 from mmar_jax.models.layers import XAVIER, ZEROS, dense, layer_norm
 
 @dataclasses.dataclass(frozen=True)
@@ -33,32 +34,31 @@ class AdapterConfig:
   width: int
   heads: int
   out_width: int  # The backbone's hidden_size.
-  norm_eps: float = 1e-6
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-  remat: bool = False  # Recompute each block's activations in the backward pass.
+  norm_eps: float
+  dtype: str
+  param_dtype: str
+  remat: bool  # Recompute each block's activations in the backward pass.
 
   @classmethod
   def from_config(cls, config) -> AdapterConfig:
-    from mmar_jax.models.tokenizers import image_token_dim  # Not at import: tokenizers pull in the VAE.
     m = config.model
-    return cls(token_dim=image_token_dim(config), depth=m.adapter_depth, width=m.adapter_width,
+    return cls(token_dim=configs.image_token_dim(config), depth=m.adapter_depth, width=m.adapter_width,
                heads=m.adapter_heads, out_width=m.hidden_size, norm_eps=m.rms_norm_eps, dtype=m.dtype,
                param_dtype=m.param_dtype, remat=m.adapter_remat)
 
 
 class _HeadsProjection(nn.Module):
-  """[b, n, d] <-> [b, n, h, hd] with a kernel named ('embed', 'heads', 'head_dim') and a bias.
+  """[b, n, d] <-> [b, n, h, e] with a kernel named ('embed', 'heads', 'head_dim') and a bias.
 
   An explicit kernel and einsum, as the backbone's projections: nn.DenseGeneral flattens its
   kernel to 2-D internally and fails under a mesh with three logical axis names.
   """
 
   cfg: AdapterConfig
-  to_heads: bool  # True: [b, n, d] -> [b, n, h, hd]; False: [b, n, h, hd] -> [b, n, d].
+  to_heads: bool  # True: [b, n, d] -> [b, n, h, e]; False: [b, n, h, e] -> [b, n, d].
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x: Float[Array, "b n d"] | Float[Array, "b n h e"]) -> Float[Array, "b n h e"] | Float[Array, "b n d"]:
     cfg = self.cfg
     dtype, shape = jnp.dtype(cfg.dtype), (cfg.width, cfg.heads, cfg.width // cfg.heads)
     kernel = self.param("kernel", nn.with_logical_partitioning(XAVIER, ("embed", "heads", "head_dim")), shape,

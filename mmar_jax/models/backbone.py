@@ -31,7 +31,7 @@ REMAT_POLICIES = {
 
 @dataclasses.dataclass(frozen=True)
 class BackboneConfig:
-  """The backbone's narrow view of `config.model`."""
+  """The backbone's narrow view of `config.model` (every default lives in the schema, configs/schema.py)."""
 
   vocab_size: int
   hidden_size: int
@@ -44,26 +44,23 @@ class BackboneConfig:
   rms_norm_eps: float
   tie_word_embeddings: bool
   max_seq_len: int
-  init_std: float = 0.02
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-  scan_layers: bool = True
-  remat_policy: str = "none"
-  attention_impl: str = "auto"
+  init_std: float
+  dtype: str
+  param_dtype: str
+  scan_layers: bool
+  remat_policy: str
+  attention_impl: str
   # LoRA (config.model.lora): rank 0 = none, full fine-tuning.
-  lora_rank: int = 0
-  lora_alpha: float = 256.0
-  lora_targets: tuple[str, ...] = configs.LORA_TARGETS  # q, k, v, o, gate, up, down.
+  lora_rank: int
+  lora_alpha: float
+  lora_targets: tuple[str, ...]  # Of configs.LORA_TARGETS: q, k, v, o, gate, up, down.
 
   @classmethod
-  def from_config(cls, model_config) -> BackboneConfig:
-    names = {f.name for f in dataclasses.fields(cls)}
-    values = {k: model_config[k] for k in names if k in model_config}
-    values["head_dim"] = configs.head_dim(model_config)
-    if "lora" in model_config:
-      values.update(lora_rank=model_config.lora.rank, lora_alpha=float(model_config.lora.alpha),
-                    lora_targets=tuple(model_config.lora.targets))
-    return cls(**values)
+  def from_config(cls, config) -> BackboneConfig:
+    m = config.model
+    names = {f.name for f in dataclasses.fields(cls)} - {"head_dim", "lora_rank", "lora_alpha", "lora_targets"}
+    return cls(head_dim=configs.head_dim(m), lora_rank=m.lora.rank, lora_alpha=float(m.lora.alpha),
+               lora_targets=tuple(m.lora.targets), **{k: m[k] for k in names})
 
   def lora_rank_of(self, target: str) -> int:
     """The LoRA rank of projection `target` ('q', ..., 'down'): 0 where LoRA is off."""
@@ -78,12 +75,16 @@ class BackboneConfig:
     return jnp.dtype(self.param_dtype)
 
 
+# One layer's (keys, values) [b, s, k, e] inside the scan over layers.
+LayerCache = tuple[Float[Array, "b s k e"], Float[Array, "b s k e"]]
+
+
 @flax.struct.dataclass
 class KVCache:
   """Keys and values of every layer for `s` slots, which slots hold real tokens, and the fill."""
 
-  key: Float[Array, "layers b s k h"]
-  value: Float[Array, "layers b s k h"]
+  key: Float[Array, "layers b s k e"]
+  value: Float[Array, "layers b s k e"]
   valid: Bool[Array, "b s"]
   index: Int[Array, ""]
 
@@ -118,8 +119,9 @@ class RMSNorm(nn.Module):
     return normed.astype(self.cfg.compute_dtype) * scale.astype(self.cfg.compute_dtype)
 
 
-def rotary_embedding(x: Float[Array, "b l n h"], positions: Int[Array, "b l"], theta: float):
-  """Rotates channel pairs (i, i + h/2) by position * theta^(-2i/h), as Qwen2/Llama do."""
+def rotary_embedding(x: Float[Array, "b l h e"], positions: Int[Array, "b l"], theta: float) -> Float[Array, "b l h e"]:
+  """Rotates channel pairs (i, i + e/2) by position * theta^(-2i/e), as Qwen2/Llama do (`h`: the
+  query heads or the key / value heads, whichever `x` holds; `e`: the per-head width)."""
   half = x.shape[-1] // 2
   # float32: positions up to 32k times frequencies need more than bfloat16's 8 mantissa bits.
   inv_freq = 1.0 / theta ** (jnp.arange(half, dtype=jnp.float32) * 2 / x.shape[-1])
@@ -140,7 +142,7 @@ def _with_lora(module: nn.Module, cfg: BackboneConfig, target: str, x, y, in_axe
 
 
 class HeadProjection(nn.Module):
-  """[b, l, d] -> [b, l, n, h]: a kernel [d, n, h] so heads shard on their own logical axis."""
+  """[b, l, d] -> [b, l, h, e]: a kernel [d, h, e] so heads shard on their own logical axis."""
 
   cfg: BackboneConfig
   num_heads: int
@@ -148,28 +150,28 @@ class HeadProjection(nn.Module):
   target: str  # Its name in config.model.lora.targets: 'q', 'k' or 'v'.
 
   @nn.compact
-  def __call__(self, x: Float[Array, "b l d"]) -> Float[Array, "b l n h"]:
+  def __call__(self, x: Float[Array, "b l d"]) -> Float[Array, "b l h e"]:
     cfg = self.cfg
     kernel = self.param("kernel", _normal(cfg, ("embed", self.heads_axis, "head_dim")),
                         (x.shape[-1], self.num_heads, cfg.head_dim), cfg.weight_dtype)
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.heads_axis, "head_dim")),
                       (self.num_heads, cfg.head_dim), cfg.weight_dtype)
-    y = jnp.einsum("bld,dnh->blnh", x.astype(cfg.compute_dtype), kernel.astype(cfg.compute_dtype))
+    y = jnp.einsum("bld,dhe->blhe", x.astype(cfg.compute_dtype), kernel.astype(cfg.compute_dtype))
     y = _with_lora(self, cfg, self.target, x, y, ("embed",), (self.heads_axis, "head_dim"))
     return y + bias.astype(cfg.compute_dtype)
 
 
 class OutputProjection(nn.Module):
-  """[b, l, n, h] -> [b, l, d], no bias (Qwen2's o_proj)."""
+  """[b, l, h, e] -> [b, l, d], no bias (Qwen2's o_proj)."""
 
   cfg: BackboneConfig
 
   @nn.compact
-  def __call__(self, x: Float[Array, "b l n h"]) -> Float[Array, "b l d"]:
+  def __call__(self, x: Float[Array, "b l h e"]) -> Float[Array, "b l d"]:
     cfg = self.cfg
     kernel = self.param("kernel", _normal(cfg, ("heads", "head_dim", "embed")),
                         (cfg.num_heads, cfg.head_dim, cfg.hidden_size), cfg.weight_dtype)
-    y = jnp.einsum("blnh,nhd->bld", x, kernel.astype(cfg.compute_dtype))
+    y = jnp.einsum("blhe,hed->bld", x, kernel.astype(cfg.compute_dtype))
     return _with_lora(self, cfg, "o", x, y, ("heads", "head_dim"), ("embed",))
 
 
@@ -210,26 +212,29 @@ class Attention(nn.Module):
   cfg: BackboneConfig
 
   @nn.compact
-  def __call__(self, x, positions, mask, layer_cache, cache_index):
+  def __call__(self, x: Float[Array, "b l d"], positions: Int[Array, "b l"], mask: Bool[Array, "b l s"],
+               layer_cache: LayerCache | None, cache_index: Int[Array, ""] | int
+               ) -> tuple[Float[Array, "b l d"], LayerCache | None]:
+    """Self-attention of `x` (over the cache's `s` slots, `x` written at `cache_index`, when decoding)."""
     cfg = self.cfg
     q = HeadProjection(cfg, cfg.num_heads, "heads", "q", name="q_proj")(x)
     k = HeadProjection(cfg, cfg.num_kv_heads, "kv_heads", "k", name="k_proj")(x)
     v = HeadProjection(cfg, cfg.num_kv_heads, "kv_heads", "v", name="v_proj")(x)
     q = nn.with_logical_constraint(rotary_embedding(q, positions, cfg.rope_theta),
-                                   ("batch", "length", "heads", "head_dim"))
+                                   ("batch", "length", "activation_heads", "activation_head_dim"))
     k = nn.with_logical_constraint(rotary_embedding(k, positions, cfg.rope_theta),
-                                   ("batch", "length", "kv_heads", "head_dim"))
-    v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "head_dim"))
+                                   ("batch", "length", "activation_kv_heads", "activation_head_dim"))
+    v = nn.with_logical_constraint(v, ("batch", "length", "activation_kv_heads", "activation_head_dim"))
     if layer_cache is not None:
       cached_k, cached_v = layer_cache
       k = jax.lax.dynamic_update_slice(cached_k, k.astype(cached_k.dtype), (0, cache_index, 0, 0))
       v = jax.lax.dynamic_update_slice(cached_v, v.astype(cached_v.dtype), (0, cache_index, 0, 0))
       layer_cache = (k, v)
-    # GQA is native here: query heads n attend to key heads k = n / group.
+    # GQA is native here: query heads h attend to key heads k = h / group.
     out = jax.nn.dot_product_attention(
         q, k.astype(q.dtype), v.astype(q.dtype), mask=mask[:, None],
         implementation=attention_implementation(cfg, decoding=layer_cache is not None))
-    out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
+    out = nn.with_logical_constraint(out, ("batch", "length", "activation_heads", "activation_head_dim"))
     return OutputProjection(cfg, name="o_proj")(out), layer_cache
 
 
@@ -243,7 +248,7 @@ class MLP(nn.Module):
     cfg = self.cfg
     gate = Linear(cfg, cfg.intermediate_size, ("embed", "mlp"), "gate", name="gate_proj")(x)
     up = Linear(cfg, cfg.intermediate_size, ("embed", "mlp"), "up", name="up_proj")(x)
-    hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "mlp"))
+    hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "activation_mlp"))
     return Linear(cfg, cfg.hidden_size, ("mlp", "embed"), "down", name="down_proj")(hidden)
 
 
@@ -253,13 +258,15 @@ class DecoderLayer(nn.Module):
   cfg: BackboneConfig
 
   @nn.compact
-  def __call__(self, x, layer_cache, positions, mask, cache_index):
+  def __call__(self, x: Float[Array, "b l d"], layer_cache: LayerCache | None, positions: Int[Array, "b l"],
+               mask: Bool[Array, "b l s"], cache_index: Int[Array, ""] | int
+               ) -> tuple[Float[Array, "b l d"], LayerCache | None]:
     cfg = self.cfg
     attn_out, layer_cache = Attention(cfg, name="self_attn")(
         RMSNorm(cfg, name="input_layernorm")(x), positions, mask, layer_cache, cache_index)
     x = x + attn_out
     x = x + MLP(cfg, name="mlp")(RMSNorm(cfg, name="post_attention_layernorm")(x))
-    return nn.with_logical_constraint(x, ("batch", "length", "embed")), layer_cache
+    return nn.with_logical_constraint(x, ("batch", "length", "activation_embed")), layer_cache
 
 
 class Backbone(nn.Module):
@@ -291,7 +298,7 @@ class Backbone(nn.Module):
     # along both axes makes XLA replicate the whole table instead.
     table = nn.with_logical_constraint(self.embed_tokens, ("vocab", None))
     x = jnp.take(table, input_ids, axis=0).astype(self.cfg.compute_dtype)
-    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    return nn.with_logical_constraint(x, ("batch", "length", "activation_embed"))
 
   def logits(self, hidden: Float[Array, "b l d"]) -> Float[Array, "b l v"]:
     """LM-head logits in float32: the log-softmax of the loss needs them there."""
@@ -302,7 +309,7 @@ class Backbone(nn.Module):
     else:
       logits = jnp.einsum("bld,dv->blv", hidden.astype(dtype), self.lm_head.astype(dtype),
                           preferred_element_type=jnp.float32)
-    return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+    return nn.with_logical_constraint(logits, ("batch", "length", "activation_vocab"))
 
   def __call__(
       self,

@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from mmar_jax import configs
 from mmar_jax.models.layers import ZEROS, dense, layer_norm
 
 # MAR/DiT initialisers: xavier-uniform weights and zero biases (layers.dense), N(0, 0.02) for the
@@ -37,19 +38,17 @@ class HeadConfig:
   depth: int
   width: int
   token_channels: int
-  frequency_dim: int = 256
-  norm_eps: float = 1e-6
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-  remat: bool = False
+  frequency_dim: int
+  norm_eps: float
+  dtype: str
+  param_dtype: str
+  remat: bool
 
   @classmethod
   def from_config(cls, config) -> HeadConfig:
-    """From `config.head`, with the token width from `config.tokenizer` (the one place it is known)."""
-    from mmar_jax.models.tokenizers import image_token_dim  # Not at import: tokenizers pull in the VAE.
-    head = config.head
+    """From `config.head`, with the token width D that `config.tokenizer` implies."""
     names = {f.name for f in dataclasses.fields(cls)} - {"token_channels"}
-    return cls(token_channels=image_token_dim(config), **{k: head[k] for k in names if k in head})
+    return cls(token_channels=configs.image_token_dim(config), **{k: config.head[k] for k in names})
 
   def replace(self, **changes) -> HeadConfig:
     return dataclasses.replace(self, **changes)
@@ -112,11 +111,11 @@ class DiffusionHead(nn.Module):
   def __call__(self, x_t: Float[Array, "b c"], t: Float[Array, " b"], z: Float[Array, "b dz"]) -> Float[Array, "b c"]:
     cfg = self.cfg
     x = dense(cfg, cfg.width, (None, "embed"), "input_proj")(x_t)
-    x = nn.with_logical_constraint(x, ("batch", "embed"))
+    x = nn.with_logical_constraint(x, ("batch", "activation_embed"))
     temb = dense(cfg, cfg.width, (None, "mlp"), "time_mlp_in", _TIME_INIT)(timestep_features(t, cfg.frequency_dim))
     temb = dense(cfg, cfg.width, ("mlp", "embed"), "time_mlp_out", _TIME_INIT)(nn.silu(temb))
     y = temb + dense(cfg, cfg.width, ("embed", "mlp"), "cond_embed")(z)
-    y = nn.with_logical_constraint(y, ("batch", "embed"))
+    y = nn.with_logical_constraint(y, ("batch", "activation_embed"))
     block = nn.remat(ResBlock) if cfg.remat else ResBlock
     for i in range(cfg.depth):
       x = block(cfg, name=f"res_blocks_{i}")(x, y)

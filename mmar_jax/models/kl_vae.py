@@ -18,19 +18,26 @@ from jaxtyping import Array, Float
 
 # MAR clips the posterior's log-variance to this range before exponentiating.
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
+IN_CHANNELS = 3  # RGB in and out.
 
 
 @dataclasses.dataclass(frozen=True)
 class VAEConfig:
-  """Architecture of the KL autoencoder; the defaults are MAR's KL-16."""
-  channels: int = 128
-  channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
-  num_res_blocks: int = 2
-  z_channels: int = 16
-  norm_groups: int = 32
-  encoder_attn_levels: tuple[int, ...] = (4,)  # MAR's attn_resolutions=(16,) at 256x256.
-  in_channels: int = 3
-  dtype: str = "float32"  # Compute dtype of convolutions; parameters are float32.
+  """Architecture of the KL autoencoder (config.tokenizer.vae_*; the schema's defaults are MAR's KL-16)."""
+  channels: int
+  channel_mult: tuple[int, ...]
+  num_res_blocks: int
+  z_channels: int
+  norm_groups: int
+  encoder_attn_levels: tuple[int, ...]  # MAR's attn_resolutions=(16,) at 256x256 is level 4.
+  dtype: str  # Compute dtype of convolutions; parameters are float32.
+
+  @classmethod
+  def from_config(cls, config) -> VAEConfig:
+    t = config.tokenizer
+    return cls(channels=t.vae_channels, channel_mult=tuple(t.vae_channel_mult), num_res_blocks=t.vae_num_res_blocks,
+               z_channels=t.vae_z_channels, norm_groups=t.vae_norm_groups,
+               encoder_attn_levels=tuple(t.vae_encoder_attn_levels), dtype=t.dtype)
 
   @property
   def downsample(self) -> int:
@@ -176,7 +183,7 @@ class Decoder(nn.Module):
       h = _Level(cfg.channels * cfg.channel_mult[i], cfg.num_res_blocks + 1, False,
                  "upsample" if i != 0 else "", cfg.norm_groups, cfg.dtype, name=f"up_{i}")(h)
     h = nn.swish(_norm(cfg.norm_groups, "norm_out")(h))
-    return _constrain(_conv(cfg.in_channels, 3, cfg.dtype, "conv_out")(h))
+    return _constrain(_conv(IN_CHANNELS, 3, cfg.dtype, "conv_out")(h))
 
 
 class AutoencoderKL(nn.Module):
@@ -218,3 +225,9 @@ def sample_posterior(moments: Float[Array, "b hz wz m"], rng: jax.Array | None) 
   if rng is None:
     return mean
   return mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, jnp.float32)
+
+
+def abstract_params(config: VAEConfig):
+  """Shapes and dtypes of the autoencoder's parameters, computed without allocating them."""
+  pixels = jax.ShapeDtypeStruct((1, 8 * config.downsample, 8 * config.downsample, IN_CHANNELS), jnp.float32)
+  return jax.eval_shape(lambda x: AutoencoderKL(config).init(jax.random.key(0), x)["params"], pixels)

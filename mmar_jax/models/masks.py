@@ -60,3 +60,8 @@ def decode_mask(
   if attention_mask is None:
     attention_mask = slots[None, :] <= query_slots[:, None]
   return (attention_mask & key_valid[:, None, :]) | own_slot
+
+
+def left_padded_positions(mask: Int[Array, "b l"]) -> Int[Array, "b l"]:
+  """Positions that start at 0 on each row's first real token of a left-padded batch (as HF does)."""
+  return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0).astype(jnp.int32)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
+from mmar_jax import configs
 from mmar_jax.diffusion.losses import diffusion_loss
 from mmar_jax.diffusion.schedule import Schedule
 from mmar_jax.models import masks
@@ -35,26 +36,25 @@ class MMARConfig:
   adapter: AdapterConfig
   head: HeadConfig
   mask_token_id: int
-  schedule: str = "cosine"
-  num_train_steps: int = 1000
-  prediction: str = "v"
-  diffusion_batch_mul: int = 4
-  ce_weight: float = 1.0
-  diffusion_weight: float = 1.0
-  num_image_tokens: int = 0  # N, tokens per image (sizes the image position embedding).
-  image_position_embedding: bool = False
-  head_capacity: float = 1.0  # Share of a row's image slots the head trains on (1: all, as MAR).
+  schedule: str
+  num_train_steps: int
+  prediction: str
+  diffusion_batch_mul: int
+  ce_weight: float
+  diffusion_weight: float
+  num_image_tokens: int  # N, tokens per image (sizes the image position embedding).
+  image_position_embedding: bool
+  head_capacity: float  # Share of a row's image slots the head trains on (1: all, as MAR).
 
   @classmethod
   def from_config(cls, config, mask_token_id: int) -> MMARConfig:
     """`mask_token_id`: `text_tokenizer.special_ids(tokenizer).mask`, the id the pipeline puts in image slots."""
-    from mmar_jax.models.tokenizers import num_image_tokens  # Not at import: tokenizers pull in the VAE.
     d = config.diffusion
-    return cls(backbone=BackboneConfig.from_config(config.model), adapter=AdapterConfig.from_config(config),
+    return cls(backbone=BackboneConfig.from_config(config), adapter=AdapterConfig.from_config(config),
                head=HeadConfig.from_config(config), mask_token_id=mask_token_id, schedule=d.schedule,
                num_train_steps=d.num_train_steps, prediction=d.prediction,
                diffusion_batch_mul=d.diffusion_batch_mul, ce_weight=config.loss.ce_weight,
-               diffusion_weight=config.loss.diffusion_weight, num_image_tokens=num_image_tokens(config),
+               diffusion_weight=config.loss.diffusion_weight, num_image_tokens=configs.num_image_tokens(config),
                image_position_embedding=config.model.image_position_embedding, head_capacity=d.head_capacity)
 
 
@@ -87,37 +87,53 @@ def _scatter(target: Array, image_slots: Int[Array, "b m n"], image_valid: Bool[
   return target.at[rows, slots].set(values.astype(target.dtype), mode="drop")
 
 
-def draw_mask_ratio(rng: PRNGKeyArray, shape: tuple[int, ...], min_ratio: float, max_ratio: float, *,
-                    dist: str = "uniform", loc: float = 1.0, std: float = 0.25) -> Float[Array, "..."]:
+@dataclasses.dataclass(frozen=True)
+class MaskRatioConfig:
+  """How much of each generation image is masked in training: config.model.mask_ratio_*."""
+  min_ratio: float
+  max_ratio: float
+  dist: str  # One of configs.MASK_RATIO_DISTS.
+  loc: float  # 'truncnorm' only: the Gaussian's mean before truncation.
+  std: float  # 'truncnorm' only.
+
+  @classmethod
+  def from_config(cls, config) -> MaskRatioConfig:
+    m = config.model
+    return cls(min_ratio=m.mask_ratio_min, max_ratio=m.mask_ratio_max, dist=m.mask_ratio_dist,
+               loc=m.mask_ratio_loc, std=m.mask_ratio_std)
+
+
+def draw_mask_ratio(rng: PRNGKeyArray, shape: tuple[int, ...], cfg: MaskRatioConfig) -> Float[Array, "..."]:
   """Mask ratios in [min_ratio, max_ratio]: uniform, or N(loc, std^2) truncated to the range [MAR].
 
   MAR draws `scipy.stats.truncnorm((min - 1) / 0.25, 0, loc=1.0, scale=0.25)`: dist='truncnorm',
   loc 1.0, std 0.25, max_ratio 1. MAR draws one ratio per batch; here each image gets its own
   [ours: the same expectation, less step-to-step variance of the loss's token count].
   """
-  if dist == "uniform":
-    return jax.random.uniform(rng, shape, jnp.float32, min_ratio, max_ratio)
-  if dist == "truncnorm":
-    if min_ratio == max_ratio:  # A point range: truncated_normal's bounds would coincide.
-      return jnp.full(shape, min_ratio, jnp.float32)
-    unit = jax.random.truncated_normal(rng, (min_ratio - loc) / std, (max_ratio - loc) / std, shape, jnp.float32)
+  low, high = cfg.min_ratio, cfg.max_ratio
+  if cfg.dist == "uniform":
+    return jax.random.uniform(rng, shape, jnp.float32, low, high)
+  if cfg.dist == "truncnorm":
+    if low == high:  # A point range: truncated_normal's bounds would coincide.
+      return jnp.full(shape, low, jnp.float32)
+    unit = jax.random.truncated_normal(rng, (low - cfg.loc) / cfg.std, (high - cfg.loc) / cfg.std, shape,
+                                       jnp.float32)
     # Clip: loc + std * unit can round a hair outside the range in float32.
-    return jnp.clip(loc + std * unit, min_ratio, max_ratio)
-  raise ValueError(f"config.model.mask_ratio_dist={dist!r} must be 'uniform' or 'truncnorm'")
+    return jnp.clip(cfg.loc + cfg.std * unit, low, high)
+  raise ValueError(f"config.model.mask_ratio_dist={cfg.dist!r} must be one of {configs.MASK_RATIO_DISTS}")
 
 
-def draw_generation_mask(rng: PRNGKeyArray, image_task: Int[Array, "b m"], num_tokens: int, min_ratio: float,
-                         max_ratio: float, *, dist: str = "uniform", loc: float = 1.0, std: float = 0.25
+def draw_generation_mask(rng: PRNGKeyArray, image_task: Int[Array, "b m"], num_tokens: int, cfg: MaskRatioConfig
                          ) -> Bool[Array, "b m n"]:
   """Which tokens of each generation image are masked (input `<mask>`, diffusion loss) this step.
 
   Per image a ratio from `draw_mask_ratio` in [min_ratio, max_ratio] (the paper's stage 1
   [0.7, 1], stage 2 [0, 1]); ceil(ratio * n) tokens, at least one, chosen in a random order
-  [MAR]. Understanding images get none. `dist`, `loc`, `std`: config.model.mask_ratio_*.
+  [MAR]. Understanding images get none.
   """
   ratio_rng, order_rng = jax.random.split(rng)
   shape = image_task.shape + (num_tokens,)
-  ratio = draw_mask_ratio(ratio_rng, image_task.shape, min_ratio, max_ratio, dist=dist, loc=loc, std=std)
+  ratio = draw_mask_ratio(ratio_rng, image_task.shape, cfg)
   num_masked = jnp.clip(jnp.ceil(ratio * num_tokens), 1, num_tokens).astype(jnp.int32)
   # The rank of each token in a uniformly random order; the first num_masked ranks are masked.
   rank = jnp.argsort(jnp.argsort(jax.random.uniform(order_rng, shape), axis=-1), axis=-1)
@@ -139,13 +155,6 @@ def select_head_slots(generate_mask: Bool[Array, "b s"], capacity: int, rng: PRN
   """
   priority = generate_mask.astype(jnp.float32) + 0.5 * jax.random.uniform(rng, generate_mask.shape)
   return jax.lax.top_k(priority, capacity)[1]
-
-
-def mask_ratio_kwargs(model_config) -> dict:
-  """draw_generation_mask's ratio arguments from `config.model`: min_ratio, max_ratio, dist, loc, std."""
-  m = model_config
-  return dict(min_ratio=m.mask_ratio_min, max_ratio=m.mask_ratio_max, dist=m.mask_ratio_dist,
-              loc=m.mask_ratio_loc, std=m.mask_ratio_std)
 
 
 class MMAR(nn.Module):
@@ -237,7 +246,7 @@ class MMAR(nn.Module):
     """
     batch, length = prompt_ids.shape
     cache = KVCache.zeros(self.cfg.backbone, batch, length + reserve)
-    out = self.backbone(prompt_ids, _left_padded_positions(prompt_mask), segment_ids=prompt_mask.astype(jnp.int32),
+    out = self.backbone(prompt_ids, masks.left_padded_positions(prompt_mask), segment_ids=prompt_mask.astype(jnp.int32),
                         kv_cache=cache, compute_logits=False)
     return out.kv_cache, jnp.sum(prompt_mask, axis=-1).astype(jnp.int32)
 
@@ -285,7 +294,7 @@ class MMAR(nn.Module):
     # The cache's reserved slots are empty: no query of the prompt sees them.
     attention = jnp.pad(attention, ((0, 0), (0, 0), (0, reserve)))
     cache = KVCache.zeros(self.cfg.backbone, batch, length + reserve)
-    out = self.backbone(positions=_left_padded_positions(input_mask), inputs_embeds=x, segment_ids=segment_ids,
+    out = self.backbone(positions=masks.left_padded_positions(input_mask), inputs_embeds=x, segment_ids=segment_ids,
                         attention_mask=attention, kv_cache=cache, compute_logits=False)
     logits = self.backbone.logits(out.hidden[:, -1:])[:, 0]  # The LM head on the last position only.
     return logits, out.kv_cache, jnp.sum(input_mask, axis=-1).astype(jnp.int32)
@@ -297,6 +306,6 @@ class MMAR(nn.Module):
     return out.logits[:, 0], out.kv_cache
 
 
-def _left_padded_positions(mask: Int[Array, "b l"]) -> Int[Array, "b l"]:
-  """0 on each row's first real token (as infer.generate_text's, which models may not import)."""
-  return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0).astype(jnp.int32)
+def as_variables(params) -> dict:
+  """`{'params': params}` unless `params` already is a flax variables dict."""
+  return params if "params" in params else {"params": params}

@@ -22,30 +22,28 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from mmar_jax import configs
 from mmar_jax.models import kl_vae
 
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerConfig:
-  """The fields of `config.tokenizer` a tokenizer needs (see configs.base_config for each)."""
-  kind: str = "patch"
-  image_size: int = 32
-  patch_size: int = 4
-  patch_scale: float = 1.0
-  latent_patch: int = 1
-  vae_checkpoint: str = ""
-  scale_factor: float = 0.2325
-  vae: kl_vae.VAEConfig = kl_vae.VAEConfig()
+  """The fields of `config.tokenizer` a tokenizer needs (configs/schema.py documents each)."""
+  kind: str
+  image_size: int
+  patch_size: int
+  patch_scale: float
+  latent_patch: int
+  vae_checkpoint: str
+  scale_factor: float
+  vae: kl_vae.VAEConfig
 
   @classmethod
-  def from_config(cls, t) -> TokenizerConfig:
-    """From `config.tokenizer` (an ml_collections ConfigDict)."""
+  def from_config(cls, config) -> TokenizerConfig:
+    t = config.tokenizer
     return cls(kind=t.kind, image_size=t.image_size, patch_size=t.patch_size, patch_scale=t.patch_scale,
                latent_patch=t.latent_patch, vae_checkpoint=t.vae_checkpoint, scale_factor=t.scale_factor,
-               vae=kl_vae.VAEConfig(channels=t.vae_channels, channel_mult=tuple(t.vae_channel_mult),
-                                    num_res_blocks=t.vae_num_res_blocks, z_channels=t.vae_z_channels,
-                                    norm_groups=t.vae_norm_groups,
-                                    encoder_attn_levels=tuple(t.vae_encoder_attn_levels), dtype=t.dtype))
+               vae=kl_vae.VAEConfig.from_config(config))
 
 
 def patchify(x: Float[Array, "b h w c"], p: int) -> Float[Array, "b n d"]:
@@ -89,10 +87,6 @@ class ImageTokenizer(abc.ABC):
     """Freshly initialised parameters (random; for tests and benchmarks)."""
 
   @abc.abstractmethod
-  def load_params(self):
-    """The pretrained parameters named by the config (`{}` when there are none)."""
-
-  @abc.abstractmethod
   def encode(self, params, pixels: Float[Array, "b h w 3"], rng: jax.Array | None = None
              ) -> Float[Array, "b n d"]:
     """Tokens of NHWC pixels in [-1, 1]; `rng` samples a stochastic encoder, None takes its mode."""
@@ -124,9 +118,6 @@ class PatchTokenizer(ImageTokenizer):
 
   def init_params(self, rng):
     del rng
-    return {}
-
-  def load_params(self):
     return {}
 
   def encode(self, params, pixels, rng=None):
@@ -172,7 +163,6 @@ class KLVAE(ImageTokenizer):
     The VAE is frozen (never trained here), so random weights only feed tests and benchmarks;
     compiling flax's initialisers for it takes half a minute on a CPU, numpy takes milliseconds.
     """
-    from mmar_jax.convert import vae_ckpt
     gen = np.random.default_rng(np.asarray(jax.random.key_data(rng)).tolist())
 
     def leaf(path, a):
@@ -180,14 +170,7 @@ class KLVAE(ImageTokenizer):
         return jnp.asarray(gen.standard_normal(a.shape, np.float32) / np.sqrt(np.prod(a.shape[:-1])))
       return jnp.full(a.shape, 1.0 if path[-1].key == "scale" else 0.0, a.dtype)
 
-    return jax.tree_util.tree_map_with_path(leaf, vae_ckpt.abstract_params(self.config.vae))
-
-  def load_params(self):
-    from mmar_jax.convert import vae_ckpt  # torch is imported only when a torch file is read.
-    if not self.config.vae_checkpoint:
-      raise ValueError("config.tokenizer.vae_checkpoint is empty: point it at a convert-vae output dir, "
-                       "MAR's kl16.ckpt or a safetensors file")
-    return vae_ckpt.load(self.config.vae_checkpoint, self.config.vae)
+    return jax.tree_util.tree_map_with_path(leaf, kl_vae.abstract_params(self.config.vae))
 
   def moments(self, params, pixels: Float[Array, "b h w 3"]) -> Float[Array, "b hz wz m"]:
     """Posterior moments [mean | logvar] in float32, the form the latent cache stores."""
@@ -213,20 +196,10 @@ class KLVAE(ImageTokenizer):
     return self.module.apply({"params": params}, self.tokens_to_latents(tokens), method=kl_vae.AutoencoderKL.decode)
 
 
-def num_image_tokens(config) -> int:
-  """N, the tokens of one image under `config.tokenizer`: the one place the count is derived."""
-  return make_tokenizer(TokenizerConfig.from_config(config.tokenizer)).num_tokens
-
-
-def image_token_dim(config) -> int:
-  """D, the features of one image token under `config.tokenizer` (what the diffusion head models)."""
-  return make_tokenizer(TokenizerConfig.from_config(config.tokenizer)).token_dim
-
-
 def make_tokenizer(config: TokenizerConfig) -> ImageTokenizer:
   """The tokenizer `config.kind` names."""
   if config.kind == "patch":
     return PatchTokenizer(config.image_size, config.patch_size, config.patch_scale)
   if config.kind == "kl16":
     return KLVAE(config)
-  raise ValueError(f"config.tokenizer.kind={config.kind!r} must be 'patch' or 'kl16'")
+  raise ValueError(f"config.tokenizer.kind={config.kind!r} must be one of {configs.TOKENIZER_KINDS}")

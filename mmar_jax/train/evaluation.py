@@ -19,10 +19,9 @@ from typing import Any
 
 import jax
 import numpy as np
-from PIL import Image, ImageDraw
 
 from mmar_jax.data import synthetic, synthetic_judge
-from mmar_jax.infer import describe, generate_image
+from mmar_jax.infer import describe, generate_image, image_io
 from mmar_jax.train import experiment, metrics
 
 HELD_OUT_SEED_OFFSET = 1_000_003  # Training draws (seed, index) with this seed never.
@@ -40,11 +39,6 @@ def _ids(exp: experiment.Experiment, text: str) -> list[int]:
   return exp.text_tokenizer.encode(text, add_special_tokens=False).ids
 
 
-def to_uint8(pixels: np.ndarray) -> np.ndarray:
-  """Pixels in [-1, 1] (decoded, not clipped) as uint8 images."""
-  return np.clip(np.round((np.asarray(pixels, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
 def evaluate(exp: experiment.Experiment, params: Any, records: list[dict], *, seed: int = 0,
              tokenizer_params: Any = None) -> dict[str, Any]:
   """Generates one image per record caption and answers one question per record.
@@ -59,7 +53,7 @@ def evaluate(exp: experiment.Experiment, params: Any, records: list[dict], *, se
   captions = [r["caption"] for r in records]
   tokens = generate_image.generate(exp.model, params, [_ids(exp, c) for c in captions], exp.special_ids, gen_rng,
                                    **generate_image.generation_settings(config))
-  images = to_uint8(jax.device_get(exp.image_tokenizer.decode(tokenizer_params, tokens)))
+  images = image_io.to_uint8(jax.device_get(exp.image_tokenizer.decode(tokenizer_params, tokens)))
   judged = [synthetic_judge.score(image, r["labels"]) for image, r in zip(images, records)]
 
   # One question per record, cycling through the kinds so that every kind is asked.
@@ -103,27 +97,6 @@ def _normalise(text: str) -> str:
   return " ".join(text.replace("?", " ").replace(".", " ").split()).lower()
 
 
-def grid_png(images: np.ndarray, captions: list[str], path: str, *, scale: int = 4, columns: int = 4) -> np.ndarray:
-  """Writes a grid of (caption, generated image) cells to `path`; returns it as HWC uint8."""
-  size = images.shape[1] * scale
-  cell_w, text_h = max(size, 160), 40
-  rows = -(-len(images) // columns)
-  canvas = Image.new("RGB", (columns * cell_w, rows * (size + text_h)), "white")
-  draw = ImageDraw.Draw(canvas)
-  for i, (image, caption) in enumerate(zip(images, captions)):
-    x, y = (i % columns) * cell_w, (i // columns) * (size + text_h)
-    canvas.paste(Image.fromarray(image).resize((size, size), Image.NEAREST), (x + (cell_w - size) // 2, y))
-    words, lines = caption.split(), [""]
-    for word in words:  # Wrap at roughly the cell width (6 px a character in PIL's default font).
-      if len(lines[-1]) + len(word) + 1 > cell_w // 6:
-        lines.append("")
-      lines[-1] = f"{lines[-1]} {word}".strip()
-    draw.multiline_text((x + 2, y + size + 2), "\n".join(lines[:3]), fill="black")
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  canvas.save(path)
-  return np.asarray(canvas)
-
-
 def table(result: dict[str, Any]) -> str:
   """A plain-text report: generation correctness and answer accuracy, each beside its chance level."""
   s = result["summary"]
@@ -152,7 +125,7 @@ def make_hook(config, workdir: str):
     if jax.process_index() != 0:
       return
     path = os.path.join(workdir, "eval", f"step_{step}")
-    grid = grid_png(result["images"], [r["caption"] for r in records], path + ".png")
+    grid = image_io.grid_png(result["images"], [r["caption"] for r in records], path + ".png")
     with open(path + ".json", "w") as f:
       json.dump({k: v for k, v in result.items() if k != "images"}, f, indent=1)
     writer.scalars(step, {f"eval/{k}": v for k, v in result["summary"].items()})

@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 from tokenizers import Tokenizer
 
+from mmar_jax.convert import vae_ckpt
 from mmar_jax.data import sequences, text_tokenizer
 from mmar_jax.models import tokenizers
 from mmar_jax.models.mmar import MMAR, MMARConfig
@@ -53,7 +54,7 @@ class Experiment:
 
   def image_tokenizer_params(self) -> Any:
     """The frozen tokenizer's weights (the VAE's; `{}` for patches), loaded as the config says."""
-    return self.image_tokenizer.load_params()
+    return vae_ckpt.tokenizer_params(self.image_tokenizer)
 
 
 def build(config: ml_collections.ConfigDict) -> Experiment:
@@ -61,5 +62,5 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   text_tokenizer.check_vocab_size(text, config.model.vocab_size)
   ids = text_tokenizer.special_ids(text)
   model = MMAR(MMARConfig.from_config(config, ids.mask))
-  image = tokenizers.make_tokenizer(tokenizers.TokenizerConfig.from_config(config.tokenizer))
+  image = tokenizers.make_tokenizer(tokenizers.TokenizerConfig.from_config(config))
   return Experiment(config=config, text_tokenizer=text, special_ids=ids, model=model, image_tokenizer=image)

@@ -152,7 +152,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Tru
   stop_at = t.num_steps if max_steps is None else min(max_steps, t.num_steps)
   tokenizer_params = jax.device_put(exp.image_tokenizer_params(), NamedSharding(mesh, PartitionSpec()))
   with sharding.activate(mesh, rules):
-    jitted = jax.jit(train_step, in_shardings=(run.state_shardings, pipeline.batch_sharding(mesh), None),
+    jitted = jax.jit(train_step, in_shardings=(run.state_shardings, pipeline.batch_sharding(mesh, rules), None),
                      out_shardings=(run.state_shardings, None), donate_argnums=0)
   writer = metrics.Writer(metrics.logdir(workdir))
   window = _Window(writer, config, metrics.peak_flops_per_device(jax.devices()[0], t.peak_flops_per_device))
@@ -163,7 +163,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Tru
   try:
     with _Preemption() as preemption, sharding.activate(mesh, rules):
       while step < stop_at:
-        batch = pipeline.to_global(next(data_iterator), mesh)
+        batch = pipeline.to_global(next(data_iterator), mesh, rules)
         state, step_metrics = jitted(state, batch, tokenizer_params)
         step += 1
         if pending is not None:

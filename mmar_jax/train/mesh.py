@@ -107,3 +107,15 @@ def hybrid_device_grid(config: ml_collections.ConfigDict, devices: Sequence[Any]
     raise ConfigError(f"the {unit} hold different numbers of devices ({dict(per_unit)}); a hybrid "
                               "mesh (config.mesh.dcn_*) needs the same number in each")
   return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=not by_slice)
+
+
+def mesh_axes(logical: str, rules) -> str | tuple[str, ...] | None:
+  """The mesh axes `config.mesh.logical_axis_rules` maps one logical axis to (the first rule that
+  names it, as flax reads the table); None when it is replicated or has no rule.
+
+  Plain Python, for the code that shards without flax (the input pipeline's batches).
+  """
+  for name, target in rules:
+    if name == logical:
+      return tuple(target) if isinstance(target, (list, tuple)) else target
+  return None

@@ -10,14 +10,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import PartitionSpec
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from mmar_jax.data import pipeline
-from mmar_jax.models.mmar import MMAR, draw_generation_mask
+from mmar_jax.models.mmar import MMAR, MaskRatioConfig, draw_generation_mask
 from mmar_jax.models.tokenizers import ImageTokenizer
 from mmar_jax.train import optimizer
 from mmar_jax.train.state import TrainState
@@ -26,19 +25,12 @@ from mmar_jax.train.state import TrainState
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
   """The step's settings (from config.model, config.train)."""
-  mask_ratio_min: float
-  mask_ratio_max: float
+  mask_ratio: MaskRatioConfig
   grad_accum_steps: int
-  mask_ratio_dist: str = "uniform"  # config.model.mask_ratio_*: see draw_mask_ratio.
-  mask_ratio_loc: float = 1.0
-  mask_ratio_std: float = 0.25
 
   @classmethod
   def from_config(cls, config) -> StepConfig:
-    m = config.model
-    return cls(mask_ratio_min=m.mask_ratio_min, mask_ratio_max=m.mask_ratio_max,
-               grad_accum_steps=config.train.grad_accum_steps, mask_ratio_dist=m.mask_ratio_dist,
-               mask_ratio_loc=m.mask_ratio_loc, mask_ratio_std=m.mask_ratio_std)
+    return cls(mask_ratio=MaskRatioConfig.from_config(config), grad_accum_steps=config.train.grad_accum_steps)
 
 
 def image_tokens(tokenizer: ImageTokenizer, tokenizer_params: Any, batch: dict[str, Array], rng: PRNGKeyArray
@@ -59,7 +51,7 @@ def _micro_batches(batch: dict[str, Array], num: int) -> dict[str, Array]:
   contiguous block of rows feeds every micro-batch and no rows move between devices."""
   def split(x):
     x = x.reshape((x.shape[0] // num, num) + x.shape[1:]).swapaxes(0, 1)
-    return jax.lax.with_sharding_constraint(x, PartitionSpec(None, pipeline.BATCH_AXES))
+    return nn.with_logical_constraint(x, (None, "batch") + (None,) * (x.ndim - 2))
   return jax.tree.map(split, batch)
 
 
@@ -73,9 +65,7 @@ def make_train_step(model: MMAR, tokenizer: ImageTokenizer, tx: optax.GradientTr
   def loss_fn(params, batch, tokenizer_params, rng):
     token_rng, mask_rng, loss_rng = jax.random.split(rng, 3)
     tokens = image_tokens(tokenizer, tokenizer_params, batch, token_rng)
-    generate_mask = draw_generation_mask(mask_rng, batch["image_task"], tokens.shape[2], cfg.mask_ratio_min,
-                                         cfg.mask_ratio_max, dist=cfg.mask_ratio_dist, loc=cfg.mask_ratio_loc,
-                                         std=cfg.mask_ratio_std)
+    generate_mask = draw_generation_mask(mask_rng, batch["image_task"], tokens.shape[2], cfg.mask_ratio)
     out = model.apply({"params": params}, batch, tokens, generate_mask, loss_rng)
     return out.loss, {"loss": out.loss, "ce": out.ce, "v_loss": out.v_loss, "head_overflow": out.head_overflow}
 

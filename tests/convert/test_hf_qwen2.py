@@ -11,9 +11,13 @@ import torch
 import transformers
 from safetensors import safe_open
 
+from mmar_jax import configs
 from mmar_jax.convert import hf_qwen2
-from mmar_jax.infer.generate_text import greedy_decode, left_padded_positions
+from mmar_jax.infer.generate_text import greedy_decode
+from mmar_jax.models.masks import left_padded_positions
 from mmar_jax.models.backbone import Backbone
+
+F32 = configs.with_values({"model.dtype": "float32"})  # The parity checks compute in float32.
 
 VOCAB = 97
 
@@ -58,7 +62,7 @@ def padded_batch(rng):
 ])
 def test_logits_match_transformers(tmp_path, tie, kv_heads, rope_theta, scan):
   model, path = make_hf_model(tmp_path, tie=tie, kv_heads=kv_heads, rope_theta=rope_theta)
-  cfg, params = hf_qwen2.load(path, scan_layers=scan)
+  cfg, params = hf_qwen2.load(path, config=configs.with_values({"model.dtype": "float32", "model.scan_layers": scan}))
   assert (cfg.tie_word_embeddings, cfg.num_kv_heads, cfg.rope_theta) == (tie, kv_heads, rope_theta)
   ids, mask, positions = padded_batch(np.random.default_rng(0))
   ours = Backbone(cfg).apply({"params": params}, jnp.asarray(ids), jnp.asarray(positions),
@@ -70,7 +74,7 @@ def test_logits_match_transformers(tmp_path, tie, kv_heads, rope_theta, scan):
 
 def test_greedy_decoding_with_kv_cache_matches_generate(tmp_path):
   model, path = make_hf_model(tmp_path)
-  cfg, params = hf_qwen2.load(path)
+  cfg, params = hf_qwen2.load(path, config=F32)
   ids, mask, _ = padded_batch(np.random.default_rng(1))
   ours = greedy_decode(cfg, {"params": params}, jnp.asarray(ids), jnp.asarray(mask), max_new_tokens=20)
   with torch.no_grad():
@@ -91,7 +95,7 @@ def _tensors(path):
     (False, torch.float32, "float32"), (True, torch.float32, "float32"), (False, torch.bfloat16, "bfloat16")])
 def test_import_then_export_is_bit_exact(tmp_path, tie, dtype, save_dtype):
   _, src = make_hf_model(tmp_path, tie=tie, dtype=dtype)
-  cfg, params = hf_qwen2.load(src)
+  cfg, params = hf_qwen2.load(src, config=F32)
   hf_qwen2.save(cfg, params, tmp_path / "out", dtype=save_dtype, max_shard_bytes=20_000)
   assert (tmp_path / "out" / hf_qwen2.SAFETENSORS_INDEX).exists(), "small max_shard_bytes must shard"
   before, after = _tensors(src), _tensors(tmp_path / "out")
@@ -103,7 +107,7 @@ def test_import_then_export_is_bit_exact(tmp_path, tie, dtype, save_dtype):
 
 def test_export_loads_in_transformers_and_agrees(tmp_path):
   model, src = make_hf_model(tmp_path, tie=True)
-  cfg, params = hf_qwen2.load(src)
+  cfg, params = hf_qwen2.load(src, config=F32)
   hf_qwen2.save(cfg, params, tmp_path / "out")
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
   assert type(reloaded).__name__ == "Qwen2ForCausalLM"
@@ -121,14 +125,14 @@ def test_other_architecture_is_refused_by_name(tmp_path):
   _, path = make_hf_model(tmp_path)
   _rewrite_config(path, model_type="llama", architectures=["LlamaForCausalLM"])
   with pytest.raises(hf_qwen2.HFCheckpointError, match="model_type='llama'"):
-    hf_qwen2.load(path)
+    hf_qwen2.load(path, config=F32)
 
 
 def test_shape_mismatch_names_the_tensor(tmp_path):
   _, path = make_hf_model(tmp_path)
   _rewrite_config(path, intermediate_size=128)
   with pytest.raises(hf_qwen2.HFCheckpointError, match=r"model\.layers\.0\.mlp\.(gate|up|down)_proj\.weight has shape"):
-    hf_qwen2.load(path)
+    hf_qwen2.load(path, config=F32)
 
 
 def test_missing_tensor_is_named(tmp_path):
@@ -138,12 +142,12 @@ def test_missing_tensor_is_named(tmp_path):
   from safetensors.numpy import save_file
   save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
   with pytest.raises(hf_qwen2.HFCheckpointError, match=r"model\.layers\.1\.self_attn\.k_proj\.bias"):
-    hf_qwen2.load(path)
+    hf_qwen2.load(path, config=F32)
 
 
 def test_save_refuses_to_overwrite_and_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
   _, src = make_hf_model(tmp_path)
-  cfg, params = hf_qwen2.load(src)
+  cfg, params = hf_qwen2.load(src, config=F32)
   (tmp_path / "dest").mkdir()
   (tmp_path / "dest" / "keep.txt").write_text("mine")
   with pytest.raises(FileExistsError, match="dest"):

@@ -10,10 +10,13 @@ import torch
 import transformers
 from tokenizers import Tokenizer, models
 
+from mmar_jax import configs
 from mmar_jax.convert import hf_qwen2
 from mmar_jax.data import text_tokenizer
 from mmar_jax.models import lora
 from tests.convert.test_hf_qwen2 import VOCAB, _tensors, hf_logits, make_hf_model
+
+F32 = configs.with_values({"model.dtype": "float32"})  # The parity checks compute in float32.
 
 
 def write_tokenizer(directory, size):
@@ -46,7 +49,7 @@ def test_the_table_grows_for_tokens_past_it_and_exports_to_the_original(tmp_path
   model, src = make_hf_model(tmp_path, tie=tie)
   write_tokenizer(src, VOCAB)  # Every row taken: <boi>, <eoi>, <mask> become 97, 98, 99.
   size, new_ids = text_tokenizer.new_token_ids(str(src))
-  cfg, params = hf_qwen2.load(src, vocab_size=128, new_rows=new_ids, mean_rows=size)
+  cfg, params = hf_qwen2.load(src, config=F32, vocab_size=128, new_rows=new_ids, mean_rows=size)
   original = _tensors(src)
   table = original["model.embed_tokens.weight"]
   assert cfg.vocab_size == 128 and params["embed_tokens"].shape == (128, 64)
@@ -68,7 +71,7 @@ def test_tokens_that_fit_take_untrained_padding_rows_as_in_qwen2(tmp_path):
   model, src = make_hf_model(tmp_path, tie=True)
   write_tokenizer(src, 90)  # Rows 90..96 are padding, as Qwen2's 151646..151935.
   size, new_ids = text_tokenizer.new_token_ids(str(src))
-  cfg, params = hf_qwen2.load(src, new_rows=new_ids, mean_rows=size)
+  cfg, params = hf_qwen2.load(src, config=F32, new_rows=new_ids, mean_rows=size)
   table = _tensors(src)["model.embed_tokens.weight"]
   assert cfg.vocab_size == VOCAB  # Nothing grows.
   kept = np.setdiff1d(np.arange(VOCAB), new_ids)
@@ -84,8 +87,8 @@ def test_tokens_that_fit_take_untrained_padding_rows_as_in_qwen2(tmp_path):
 def test_the_import_never_shrinks_and_the_export_refuses_unmerged_lora(tmp_path):
   _, src = make_hf_model(tmp_path)
   with pytest.raises(hf_qwen2.HFCheckpointError, match="vocab_size=64 is smaller than the checkpoint's 97"):
-    hf_qwen2.load(src, vocab_size=64)
-  cfg, params = hf_qwen2.load(src)
+    hf_qwen2.load(src, config=F32, vocab_size=64)
+  cfg, params = hf_qwen2.load(src, config=F32)
   params["layers"]["self_attn"]["q_proj"]["lora_a"] = np.zeros((2, 64, 4), np.float32)
   with pytest.raises(ValueError, match=r"lora\.merge"):
     hf_qwen2.save(cfg, params, tmp_path / "out")

@@ -17,10 +17,13 @@ from mmar_jax import configs
 from mmar_jax.convert import vae_ckpt
 from mmar_jax.data import latent_cache
 from mmar_jax.models import kl_vae, tokenizers
+from tests.views import view
 
 # Two levels (/2): cheap enough for a dataset pass, with level and mid attention.
-TINY = kl_vae.VAEConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, z_channels=4, norm_groups=4,
-                        encoder_attn_levels=(1,))
+TINY = view(kl_vae.VAEConfig, {"tokenizer.vae_channels": 8, "tokenizer.vae_channel_mult": (1, 2),
+                               "tokenizer.vae_num_res_blocks": 1, "tokenizer.vae_z_channels": 4,
+                               "tokenizer.vae_norm_groups": 4, "tokenizer.vae_encoder_attn_levels": (1,),
+                               "tokenizer.dtype": "float32"})
 SIZE = 16
 SIZES = [(20, 16), (16, 16), (40, 33), (64, 48), (17, 30)]  # (w, h): non-square, some to halve, some to upscale.
 
@@ -34,10 +37,10 @@ def dataset(tmp_path_factory):
     for i, (w, h) in enumerate(SIZES):
       Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "img" / f"{i}.png")
       f.write(json.dumps({"image": f"img/{i}.png", "caption": f"picture {i}"}) + "\n")
-  tok = tokenizers.KLVAE(tokenizers.TokenizerConfig(kind="kl16", image_size=SIZE, vae=TINY,
-                                                    vae_checkpoint=str(root / "vae")))
+  tok = tokenizers.KLVAE(view(tokenizers.TokenizerConfig, {"tokenizer.kind": "kl16", "tokenizer.image_size": SIZE,
+                                                          "tokenizer.vae_checkpoint": str(root / "vae")}, vae=TINY))
   vae_ckpt.save(str(root / "vae"), tok.init_params(jax.random.key(0)), TINY)
-  return root, tok, tok.load_params()
+  return root, tok, vae_ckpt.tokenizer_params(tok)
 
 
 def _cache(dataset, out, **kw):

@@ -81,7 +81,7 @@ def test_host_batches_become_global_arrays_over_the_data_axes():
   mesh = mesh_lib.make_mesh(config)
   pc = pipeline.PipelineConfig.from_config(config)
   batch = next(iter(pipeline.build_dataset(pc, TOK, process_index=0, process_count=1)))
-  arrays = pipeline.to_global(batch, mesh)
+  arrays = pipeline.to_global(batch, mesh, config.mesh.logical_axis_rules)
   for key, value in arrays.items():
     assert value.shape == batch[key].shape and value.dtype == batch[key].dtype, key
     assert value.sharding.spec[0] == ("data", "fsdp")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -9,16 +11,17 @@ import pytest
 from mmar_jax import configs
 from mmar_jax.data import pipeline, sequences, synthetic, text_tokenizer
 from mmar_jax.models import masks
+from tests.views import view
 
 TOK = text_tokenizer.build_demo_tokenizer()
 IDS = text_tokenizer.special_ids(TOK)
 SOURCE = synthetic.SyntheticShapesSource(synthetic.SyntheticConfig(400, 32, seed=5))
 
 
-def seq_config(**overrides):
-  base = dict(seq_len=64, image_tokens=16, generation_fraction=0.5, caption_dropout=0.1, caption_loss=True,
-              packing=False)
-  return sequences.SequenceConfig(**(base | overrides))
+def seq_config(**fields):
+  base = view(sequences.SequenceConfig, {"data.seq_len": 64, "data.generation_fraction": 0.5, "data.caption_dropout": 0.1,
+                                         "data.caption_loss": True, "data.packing": False}, image_tokens=16)
+  return dataclasses.replace(base, **fields)
 
 
 def decode(ids):

@@ -11,6 +11,7 @@ import pytest
 from mmar_jax.diffusion import losses, parameterization
 from mmar_jax.diffusion.schedule import Schedule
 from mmar_jax.models.diffusion_head import DiffusionHead, HeadConfig
+from tests.views import view
 
 SCHEDULE = Schedule.create("cosine", 1000)
 
@@ -73,7 +74,7 @@ def test_mask_excludes_tokens_and_empty_mask_gives_zero():
 
 
 def test_loss_is_float32_when_the_head_computes_in_bfloat16():
-  cfg = HeadConfig(depth=1, width=32, token_channels=4, dtype="bfloat16")
+  cfg = view(HeadConfig, {"head.depth": 1, "head.width": 32, "head.dtype": "bfloat16"}, token_channels=4)
   head = DiffusionHead(cfg)
   x0, z = jax.random.normal(jax.random.key(7), (8, 4)), jax.random.normal(jax.random.key(8), (8, 5))
   params = nn.meta.unbox(head.init(jax.random.key(9), x0, jnp.zeros(8), z))

@@ -7,8 +7,9 @@ import pytest
 
 from mmar_jax.diffusion import precision, toy
 from mmar_jax.models.diffusion_head import HeadConfig
+from tests.views import view
 
-HEAD = HeadConfig(depth=2, width=64, token_channels=2)
+HEAD = view(HeadConfig, {"head.depth": 2, "head.width": 64, "head.dtype": "float32"}, token_channels=2)
 DATA = toy.ToyMixture()
 
 

@@ -12,11 +12,12 @@ import pytest
 from mmar_jax.diffusion import parameterization, sampling, toy
 from mmar_jax.diffusion.schedule import Schedule
 from mmar_jax.models.diffusion_head import DiffusionHead, HeadConfig
+from tests.views import view
 
 TRAIN = Schedule.create("cosine", 1000)
 SAMPLE = Schedule.create("cosine", 1000, 100)
 DATA = toy.ToyMixture()
-HEAD = HeadConfig(depth=2, width=64, token_channels=2)
+HEAD = view(HeadConfig, {"head.depth": 2, "head.width": 64, "head.dtype": "float32"}, token_channels=2)
 NEAR = 0.5  # "Near a mode": within 3.3 std; a true sample falls outside with probability 0.4%.
 SHARE_TOL = 0.08  # |sampled share - true share| per mode, 1000 samples a class (sampling noise ~0.014).
 OFF_MODE_MAX = 0.05  # Share of samples near neither of the class's modes.

@@ -15,10 +15,12 @@ from mmar_jax import configs
 from mmar_jax.models.backbone import Backbone, BackboneConfig, KVCache
 from mmar_jax.train import sharding
 from mmar_jax.train import mesh as mesh_lib
+from tests.views import view
 
-CFG = BackboneConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-                     num_kv_heads=2, head_dim=16, rope_theta=10_000.0, rms_norm_eps=1e-6,
-                     tie_word_embeddings=False, max_seq_len=64, init_std=0.1)
+CFG = view(BackboneConfig, {"model.vocab_size": 128, "model.hidden_size": 64, "model.intermediate_size": 128,
+                      "model.num_layers": 2, "model.num_heads": 4, "model.num_kv_heads": 2, "model.head_dim": 16,
+                      "model.rope_theta": 10_000.0, "model.tie_word_embeddings": False, "model.max_seq_len": 64,
+                      "model.init_std": 0.1, "model.dtype": "float32"})
 
 
 def init(cfg=CFG, length=12):

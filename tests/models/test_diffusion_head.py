@@ -12,8 +12,9 @@ from mmar_jax import configs
 from mmar_jax.models.diffusion_head import DiffusionHead, HeadConfig, timestep_features
 from mmar_jax.train import sharding
 from mmar_jax.train import mesh as mesh_lib
+from tests.views import view
 
-CFG = HeadConfig(depth=2, width=64, token_channels=4)
+CFG = view(HeadConfig, {"head.depth": 2, "head.width": 64, "head.dtype": "float32"}, token_channels=4)
 
 
 def _inputs(n=16, dz=24, seed=0):

@@ -20,11 +20,14 @@ from mmar_jax.models.mmar import MMAR, MMARConfig
 from mmar_jax.train import sharding
 from mmar_jax.train import mesh as mesh_lib
 from tests.models import test_mmar
+from tests.views import view
 
 RANK = 4
-CFG = BackboneConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-                     num_kv_heads=2, head_dim=16, rope_theta=10_000.0, rms_norm_eps=1e-6,
-                     tie_word_embeddings=False, max_seq_len=64, init_std=0.1, lora_rank=RANK, lora_alpha=8.0)
+CFG = view(BackboneConfig, {"model.vocab_size": 128, "model.hidden_size": 64, "model.intermediate_size": 128,
+                      "model.num_layers": 2, "model.num_heads": 4, "model.num_kv_heads": 2, "model.head_dim": 16,
+                      "model.rope_theta": 10_000.0, "model.tie_word_embeddings": False, "model.max_seq_len": 64,
+                      "model.init_std": 0.1, "model.dtype": "float32",
+                      "model.lora.rank": RANK, "model.lora.alpha": 8.0})
 BASE = dataclasses.replace(CFG, lora_rank=0)
 IDS = jax.random.randint(jax.random.key(1), (2, 12), 0, CFG.vocab_size)
 
@@ -192,7 +195,7 @@ def test_lora_factors_shard_over_fsdp_and_tensor():
 def test_presets_default_to_lora_and_the_base_to_full_fine_tuning():
   assert configs.base_config().model.lora.rank == 0
   for name in ("mmar_0p5b", "mmar_7b"):
-    cfg = BackboneConfig.from_config(configs.load_config(f"configs/{name}.py").model)
+    cfg = BackboneConfig.from_config(configs.load_config(f"configs/{name}.py"))
     assert cfg.lora_rank == 128 and cfg.lora_alpha == 256.0 and cfg.lora_targets == configs.LORA_TARGETS
 
 

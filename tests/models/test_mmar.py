@@ -16,11 +16,17 @@ from scipy import stats
 from mmar_jax import configs
 from mmar_jax.models import masks
 from mmar_jax.models.backbone import Backbone
-from mmar_jax.models.mmar import (MMAR, MMARConfig, draw_generation_mask, draw_mask_ratio, image_span_ids,
-                                  mask_ratio_kwargs, select_head_slots)
+from mmar_jax.models.mmar import (MMAR, MMARConfig, MaskRatioConfig, draw_generation_mask, draw_mask_ratio,
+                                  image_span_ids, select_head_slots)
 from mmar_jax.train import mesh as mesh_lib
+from tests.views import view
 
 MASK_ID = 5
+
+
+def ratio_config(low: float, high: float, dist: str = "uniform") -> MaskRatioConfig:
+  return view(MaskRatioConfig, {"model.mask_ratio_min": low, "model.mask_ratio_max": high,
+                                "model.mask_ratio_dist": dist, "model.mask_ratio_loc": 1.0, "model.mask_ratio_std": 0.25})
 L, N, C = 28, 16, 48  # Sequence length; a 16x16 image in 4x4 patches: 16 tokens of 48.
 CHANGED = 1e-6  # A finite difference above this counts as "the output depends on the input".
 SAME = 1e-6  # ... and at most this as "it does not" (float32 noise of reordered sums).
@@ -244,7 +250,7 @@ def test_head_output_reaches_the_loss_as_float32_with_bfloat16_compute():
 @pytest.mark.parametrize("low,high", [(0.7, 1.0), (0.0, 1.0)])
 def test_generation_mask_ratios(low, high):
   task = jnp.array([[1, 0, 1]] * 200)
-  mask = np.asarray(draw_generation_mask(jax.random.key(0), task, N, low, high))
+  mask = np.asarray(draw_generation_mask(jax.random.key(0), task, N, ratio_config(low, high)))
   assert not mask[:, 1].any()  # Understanding images stay clean.
   counts = mask[:, [0, 2]].sum(-1)
   assert counts.min() >= max(1, int(np.ceil(low * N))) and counts.max() <= N
@@ -263,7 +269,7 @@ def test_mask_ratio_draws_follow_their_distribution(dist, low, high):
   else:
     reference = stats.truncnorm((low - 1.0) / 0.25, (high - 1.0) / 0.25, loc=1.0, scale=0.25)
   n = 20_000
-  ratio = np.asarray(draw_mask_ratio(jax.random.key(1), (n,), low, high, dist=dist, loc=1.0, std=0.25), np.float64)
+  ratio = np.asarray(draw_mask_ratio(jax.random.key(1), (n,), ratio_config(low, high, dist)), np.float64)
   assert low <= ratio.min() and ratio.max() <= high
   # 5 standard errors of the mean and of the standard deviation.
   assert abs(ratio.mean() - reference.mean()) < 5 * reference.std() / np.sqrt(n)
@@ -276,7 +282,7 @@ def test_truncnorm_masks_mar_shares_and_reads_the_config():
   config.model.mask_ratio_dist, config.model.mask_ratio_min = "truncnorm", 0.0  # MAR's draw, stage 2's range.
   configs.validate(config)
   task = jnp.ones((4000, 1), jnp.int32)
-  mask = np.asarray(draw_generation_mask(jax.random.key(2), task, N, **mask_ratio_kwargs(config.model)))
+  mask = np.asarray(draw_generation_mask(jax.random.key(2), task, N, MaskRatioConfig.from_config(config)))
   share = mask.sum(-1).ravel() / N
   assert share.min() >= 1 / N and share.max() == 1.0
   # ceil(ratio * N) / N lies in [ratio, ratio + 1/N): its mean in [E ratio, E ratio + 1/N), 5 sigma slack.
@@ -334,7 +340,7 @@ def test_a_few_hundred_adam_steps_fit_both_losses():
   def step(params, opt_state, rng):
     mask_rng, loss_rng = jax.random.split(rng)
     # Stage 1's ratio range, a fresh mask every step as in training.
-    generate_mask = draw_generation_mask(mask_rng, batch["image_task"], N, 0.7, 1.0)
+    generate_mask = draw_generation_mask(mask_rng, batch["image_task"], N, ratio_config(0.7, 1.0))
 
     def loss_fn(p):
       out = MMAR(cfg).apply({"params": p}, batch, image_tokens, generate_mask, loss_rng)

@@ -10,7 +10,7 @@ import numpy as np
 from mmar_jax import configs
 from mmar_jax.data import pipeline, sequences, text_tokenizer
 from mmar_jax.models import tokenizers
-from mmar_jax.models.mmar import MMAR, MMARConfig, draw_generation_mask, mask_ratio_kwargs
+from mmar_jax.models.mmar import MMAR, MMARConfig, MaskRatioConfig, draw_generation_mask
 
 
 def test_pipeline_batch_trains_both_losses_on_the_drawn_positions():
@@ -29,13 +29,13 @@ def test_pipeline_batch_trains_both_losses_on_the_drawn_positions():
   assert (batch["image_task"][valid] == sequences.UNDERSTANDING).any()
   assert batch["text_loss_mask"].sum() > 0  # Understanding answers get cross-entropy.
 
-  image_tokenizer = tokenizers.make_tokenizer(tokenizers.TokenizerConfig.from_config(config.tokenizer))
+  image_tokenizer = tokenizers.make_tokenizer(tokenizers.TokenizerConfig.from_config(config))
   b, m = valid.shape
   pixels = batch["images"].reshape(b * m, *batch["images"].shape[2:]).astype(np.float32) / 127.5 - 1.0
   image_tokens = jax.jit(image_tokenizer.encode)({}, pixels).reshape(b, m, image_tokenizer.num_tokens, -1)
   # The draw sees every image's task; padded images are task 0 (understanding) and get nothing.
   generate_mask = draw_generation_mask(jax.random.key(0), jnp.asarray(batch["image_task"]),
-                                       image_tokenizer.num_tokens, **mask_ratio_kwargs(config.model))
+                                       image_tokenizer.num_tokens, MaskRatioConfig.from_config(config))
   generate_mask = np.asarray(generate_mask)
   generation = valid & (batch["image_task"] == sequences.GENERATION)
   assert (generate_mask.sum(-1) >= 1)[generation].all() and not generate_mask[~generation].any()

@@ -15,11 +15,14 @@ from mmar_jax import configs
 from mmar_jax.convert import vae_ckpt
 from mmar_jax.models import kl_vae, tokenizers
 from tests.models import ldm_torch_reference as ref
+from tests.views import view
 
 # A small VAE with every feature of KL-16: 3 levels (/4), 2 res blocks a level, width changes
 # (nin_shortcut), encoder attention at the deepest level (as MAR's 16x16 level), mid attention.
-SMALL = kl_vae.VAEConfig(channels=16, channel_mult=(1, 2, 2), num_res_blocks=2, z_channels=4, norm_groups=8,
-                         encoder_attn_levels=(2,))
+SMALL = view(kl_vae.VAEConfig, {"tokenizer.vae_channels": 16, "tokenizer.vae_channel_mult": (1, 2, 2),
+                                "tokenizer.vae_num_res_blocks": 2, "tokenizer.vae_z_channels": 4,
+                                "tokenizer.vae_norm_groups": 8, "tokenizer.vae_encoder_attn_levels": (2,),
+                                "tokenizer.dtype": "float32"})
 SMALL_SIZE = 16
 
 
@@ -77,17 +80,21 @@ def test_config_validation_names_bad_tokenizer_fields():
 
 def test_factory_builds_the_configured_tokenizers():
   from configs import demo, mmar_0p5b
-  demo_tok = tokenizers.make_tokenizer(tokenizers.TokenizerConfig.from_config(demo.get_config().tokenizer))
+  demo_tok = tokenizers.make_tokenizer(tokenizers.TokenizerConfig.from_config(demo.get_config()))
   assert isinstance(demo_tok, tokenizers.PatchTokenizer) and demo_tok.grid == (3, 3) and demo_tok.token_dim == 192
-  paper = tokenizers.make_tokenizer(tokenizers.TokenizerConfig.from_config(mmar_0p5b.get_config().tokenizer))
+  paper = tokenizers.make_tokenizer(tokenizers.TokenizerConfig.from_config(mmar_0p5b.get_config()))
   # MAR's KL-16 at 256x256: 256 tokens of 16 channels.
   assert isinstance(paper, tokenizers.KLVAE)
   assert (paper.grid, paper.num_tokens, paper.token_dim) == ((16, 16), 256, 16)
-  assert paper.config.vae == kl_vae.VAEConfig(dtype="bfloat16")
+  # MAR's KL-16 (its vae.py: ch 128, ch_mult (1, 1, 2, 2, 4), 2 res blocks, embed_dim 16, attention at 16x16).
+  assert paper.config.vae == kl_vae.VAEConfig(channels=128, channel_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
+                                              z_channels=16, norm_groups=32, encoder_attn_levels=(4,),
+                                              dtype="bfloat16")
 
 
 def test_latent_patch_groups_positions_invertibly():
-  cfg = tokenizers.TokenizerConfig(kind="kl16", image_size=SMALL_SIZE * 2, latent_patch=2, vae=SMALL)
+  cfg = view(tokenizers.TokenizerConfig, {"tokenizer.kind": "kl16", "tokenizer.image_size": SMALL_SIZE * 2,
+                                           "tokenizer.latent_patch": 2}, vae=SMALL)
   tok = tokenizers.KLVAE(cfg)
   assert tok.grid == (4, 4) and tok.token_dim == 4 * SMALL.z_channels
   latents = jnp.asarray(np.random.default_rng(1).normal(size=(2, 8, 8, SMALL.z_channels)).astype(np.float32))
@@ -166,9 +173,10 @@ def test_posterior_clips_logvar_and_samples_with_its_std():
 
 def test_klvae_runs_sharded_over_the_batch():
   # Smaller still than SMALL: this test compiles three programs, one of them for 8 devices.
-  tiny = kl_vae.VAEConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, z_channels=4, norm_groups=4,
-                          encoder_attn_levels=(1,))
-  tok = tokenizers.KLVAE(tokenizers.TokenizerConfig(kind="kl16", image_size=SMALL_SIZE, vae=tiny))
+  tiny = dataclasses.replace(SMALL, channels=8, channel_mult=(1, 2), num_res_blocks=1, norm_groups=4,
+                             encoder_attn_levels=(1,))
+  tok = tokenizers.KLVAE(view(tokenizers.TokenizerConfig, {"tokenizer.kind": "kl16", "tokenizer.image_size": SMALL_SIZE},
+                              vae=tiny))
   params = tok.init_params(jax.random.key(0))
   x = jnp.asarray(_pixels(8, SMALL_SIZE, seed=6))
   expected = jax.jit(tok.encode)(params, x)
@@ -183,7 +191,7 @@ def test_klvae_runs_sharded_over_the_batch():
 
 
 def test_bfloat16_compute_keeps_float32_posterior_close_to_float32():
-  cfg = tokenizers.TokenizerConfig(kind="kl16", image_size=SMALL_SIZE, vae=SMALL)
+  cfg = view(tokenizers.TokenizerConfig, {"tokenizer.kind": "kl16", "tokenizer.image_size": SMALL_SIZE}, vae=SMALL)
   f32 = tokenizers.KLVAE(cfg)
   bf16 = tokenizers.KLVAE(dataclasses.replace(cfg, vae=dataclasses.replace(SMALL, dtype="bfloat16")))
   params = f32.init_params(jax.random.key(1))
@@ -199,8 +207,8 @@ def test_bfloat16_compute_keeps_float32_posterior_close_to_float32():
 
 @pytest.mark.slow
 def test_full_kl16_at_256_has_mar_shapes_and_is_finite():
-  tok = tokenizers.KLVAE(tokenizers.TokenizerConfig(kind="kl16", image_size=256, vae=kl_vae.VAEConfig()))
-  abstract = vae_ckpt.abstract_params(tok.config.vae)
+  tok = tokenizers.KLVAE(view(tokenizers.TokenizerConfig, {"tokenizer.kind": "kl16", "tokenizer.image_size": 256}))
+  abstract = kl_vae.abstract_params(tok.config.vae)
   # The same parameter count as the LDM/MAR torch module of this architecture (~83.7M).
   torch_count = sum(p.numel() for p in ref.AutoencoderKL().parameters())
   assert sum(int(np.prod(a.shape)) for a in jax.tree.leaves(abstract)) == torch_count

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from mmar_jax.models.adapter import AdapterConfig, ImageAdapter
 from mmar_jax.models.diffusion_head import DiffusionHead, HeadConfig
 from mmar_jax.train import flops
+from tests.views import view
 
 
 def xla_flops(fn, *args) -> float:
@@ -15,7 +16,8 @@ def xla_flops(fn, *args) -> float:
 
 
 def test_head_flops_match_xla_up_to_the_uncounted_elementwise_work():
-  cfg, rows, z_dim = HeadConfig(depth=2, width=256, token_channels=48, frequency_dim=64), 64, 96
+  cfg, rows, z_dim = view(HeadConfig, {"head.depth": 2, "head.width": 256, "head.frequency_dim": 64, "head.dtype": "float32"},
+                            token_channels=48), 64, 96
   head = DiffusionHead(cfg)
   args = (jnp.zeros((rows, cfg.token_channels)), jnp.zeros((rows,)), jnp.zeros((rows, z_dim)))
   params = jax.eval_shape(head.init, jax.random.key(0), *args)
@@ -27,7 +29,8 @@ def test_head_flops_match_xla_up_to_the_uncounted_elementwise_work():
 
 
 def test_adapter_flops_match_xla_up_to_the_uncounted_elementwise_work():
-  cfg = AdapterConfig(token_dim=48, depth=2, width=128, heads=4, out_width=256)
+  cfg = view(AdapterConfig, {"model.adapter_depth": 2, "model.adapter_width": 128, "model.adapter_heads": 4,
+                              "model.hidden_size": 256, "model.dtype": "float32"}, token_dim=48)
   adapter, tokens = ImageAdapter(cfg), jnp.zeros((2, 64, 48))
   params = jax.eval_shape(adapter.init, jax.random.key(0), tokens)
   measured = xla_flops(lambda p, t: adapter.apply(p, t), params, tokens)

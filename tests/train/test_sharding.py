@@ -91,3 +91,21 @@ def test_hybrid_grid_must_match_the_number_of_slices():
   # The tests' one process: a DCN axis needs more than one.
   with pytest.raises(configs.ConfigError, match=r"span 1 processes"):
     mesh_lib.make_mesh(demo("mesh.dcn_data=2"))
+
+
+def test_the_input_batch_follows_the_batch_rule():
+  # The batches' sharding and the micro-batch constraint come from the rule table's 'batch' axis:
+  # changing that rule is all it takes to feed another layout.
+  from jax.sharding import PartitionSpec
+
+  from mmar_jax.data import pipeline
+  config = demo("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
+  mesh = mesh_lib.make_mesh(config)
+  rules = config.mesh.logical_axis_rules
+  assert pipeline.batch_sharding(mesh, rules).spec == PartitionSpec(("data", "fsdp"))
+  data_only = tuple(("batch", "data") if name == "batch" else (name, t) for name, t in rules)
+  assert pipeline.batch_sharding(mesh, data_only).spec == PartitionSpec("data")
+  batch = {"x": np.arange(8 * 3, dtype=np.int32).reshape(8, 3)}
+  placed = pipeline.to_global(batch, mesh, data_only)["x"]
+  assert placed.sharding.spec == PartitionSpec("data")
+  assert {s.data.shape for s in placed.addressable_shards} == {(4, 3)}

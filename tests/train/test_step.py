@@ -24,7 +24,7 @@ def make(config, devices):
                                 step_lib.StepConfig.from_config(config))
   state, shardings = state_lib.create(exp.init_params, tx, config.seed, mesh, rules)
   with sharding.activate(mesh, rules):
-    jitted = jax.jit(fn, in_shardings=(shardings, pipeline.batch_sharding(mesh), None),
+    jitted = jax.jit(fn, in_shardings=(shardings, pipeline.batch_sharding(mesh, rules), None),
                      out_shardings=(shardings, None))
   return jitted, state, mesh, exp
 
@@ -39,7 +39,7 @@ def host_batch():
 def run_step(config, devices, batch):
   jitted, state, mesh, _ = make(config, devices)
   with sharding.activate(mesh, config.mesh.logical_axis_rules):
-    new_state, metrics = jitted(state, pipeline.to_global(batch, mesh), {})
+    new_state, metrics = jitted(state, pipeline.to_global(batch, mesh, config.mesh.logical_axis_rules), {})
   return jax.device_get(metrics), jax.device_get(new_state.params), state
 
 
@@ -75,14 +75,15 @@ def test_non_finite_batch_is_skipped_without_touching_the_state(host_batch):
   poisoned = dict(host_batch, image_tokens=tokens.copy())
   poisoned["image_tokens"][0, 0, 0, 0] = np.nan
   with sharding.activate(mesh, config.mesh.logical_axis_rules):
-    state, metrics = jitted(state, pipeline.to_global(poisoned, mesh), {})
+    state, metrics = jitted(state, pipeline.to_global(poisoned, mesh, config.mesh.logical_axis_rules), {})
     assert int(metrics["skipped"]) == 1 and int(metrics["consecutive_skips"]) == 1
     assert not np.isfinite(float(metrics["loss"]))
     after = jax.device_get((state.params, state.opt_state.inner_state))
     tiny.assert_trees_equal(after, (before[0], before[1].inner_state))
     assert int(state.step) == 1
     # The same batch, clean, trains: counters reset, parameters move.
-    state, metrics = jitted(state, pipeline.to_global(dict(host_batch, image_tokens=tokens), mesh), {})
+    state, metrics = jitted(state, pipeline.to_global(dict(host_batch, image_tokens=tokens), mesh,
+                                                      config.mesh.logical_axis_rules), {})
     assert int(metrics["skipped"]) == 0 and int(metrics["total_skips"]) == 1
     moved = jax.device_get(state.params)
     assert not np.array_equal(moved["head"]["input_proj"]["kernel"] if "input_proj" in moved["head"] else
@@ -98,7 +99,7 @@ def test_gradient_accumulation_of_identical_micro_batches_equals_one_step(host_b
   # Micro-batch i takes rows i, i + 2, ...: interleave two copies so that both are host_batch.
   double = {k: np.repeat(v, 2, axis=0) for k, v in host_batch.items()}
   with sharding.activate(mesh, config.mesh.logical_axis_rules):
-    new_state, accumulated = jitted(state, pipeline.to_global(double, mesh), {})
+    new_state, accumulated = jitted(state, pipeline.to_global(double, mesh, config.mesh.logical_axis_rules), {})
   single, single_params, _ = run_step(tiny.config(*extra), jax.devices(), host_batch)
   np.testing.assert_allclose(accumulated["ce"], single["ce"], rtol=1e-6)
   np.testing.assert_allclose(accumulated["grad_norm"], single["grad_norm"], rtol=1e-5)
@@ -110,7 +111,7 @@ def test_lora_step_moves_only_lora_adapter_head_and_new_rows(host_batch):
   jitted, state, mesh, exp = make(config, jax.devices())
   before = jax.device_get(state.params)
   with sharding.activate(mesh, config.mesh.logical_axis_rules):
-    state, _ = jitted(state, pipeline.to_global(host_batch, mesh), {})
+    state, _ = jitted(state, pipeline.to_global(host_batch, mesh, config.mesh.logical_axis_rules), {})
   after = jax.device_get(state.params)
   layers_before, layers_after = before["backbone"]["layers"], after["backbone"]["layers"]
   for path, leaf in jax.tree_util.tree_leaves_with_path(layers_before):
@@ -147,5 +148,5 @@ def test_diverging_run_stops_with_its_last_good_checkpoint(tmp_path):
 def test_step_reads_the_mask_ratio_distribution():
   config = tiny.config("model.mask_ratio_dist=truncnorm", "model.mask_ratio_min=0.0", "model.mask_ratio_std=0.3")
   cfg = step_lib.StepConfig.from_config(config)
-  assert (cfg.mask_ratio_dist, cfg.mask_ratio_min, cfg.mask_ratio_loc, cfg.mask_ratio_std) == (
-      "truncnorm", 0.0, 1.0, 0.3)
+  r = cfg.mask_ratio
+  assert (r.dist, r.min_ratio, r.max_ratio, r.loc, r.std) == ("truncnorm", 0.0, 1.0, 1.0, 0.3)
