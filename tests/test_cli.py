@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import subprocess
 import sys
 
@@ -55,9 +57,25 @@ def test_import_of_a_non_qwen2_directory_names_the_field_and_writes_nothing(tmp_
   assert not (tmp_path / "ckpt").exists()
 
 
-def test_info_runs_the_demo_config():
+def test_info_prints_the_demo_configs_figures():
   out = mmar_jax("info", "--config=configs/demo.py", "--config.model.num_layers=2").stdout
-  assert "total" in out and "tokens/s" in out
+  # The demo backbone's parameters, counted by hand: width 128, 4 heads of 32 (2 KV heads), MLP 384,
+  # vocab 512, tied embeddings. A layer: q (with bias), k and v (64 wide, with bias), o, three MLP
+  # matrices, two RMSNorm scales.
+  d, kv, mlp, vocab = 128, 2 * 32, 384, 512
+  layer = (d * d + d) + 2 * (d * kv + kv) + d * d + 3 * d * mlp + 2 * d
+  counts = {name: int(n.replace(",", "")) for name, n in re.findall(r"^  (\w+) +([\d,]+)", out, re.M)}
+  assert counts == {"embed_tokens": vocab * d, "layers": 2 * layer, "norm": d, "total": vocab * d + 2 * layer + d}
+  assert "config demo: 2 layers, hidden 128, heads 4/2 (q/kv), vocab 512" in out
+  assert "mesh {'data': 8, 'fsdp': 1, 'tensor': 1} over 8 cpu device(s)" in out  # The tests' 8 devices.
+  forward = re.search(r"forward \(8, 64\) -> logits \(8, 64, 512\) in ([\d.]+) ms \(([\d,]+) tokens/s\); untrained "
+                      r"next-token loss ([\d.]+) \(uniform: ([\d.]+)\)", out)
+  assert forward, out
+  ms, tokens_per_s, loss, uniform = (float(g.replace(",", "")) for g in forward.groups())
+  assert tokens_per_s == pytest.approx(8 * 64 / (ms / 1e3), rel=max(0.01, 0.06 / ms))  # ms is printed to 0.1.
+  assert uniform == pytest.approx(math.log(512), abs=1e-3)
+  # At init (std 0.02) the logits spread by ~0.02 x sqrt(128) = 0.23, which costs ~0.03 nats over uniform.
+  assert 0 < loss - uniform < 0.1
 
 
 def test_export_of_a_missing_checkpoint_names_it(tmp_path):

@@ -61,10 +61,27 @@ def _rms(x) -> float:
   return float(np.sqrt(np.mean(np.square(np.asarray(x, np.float64)))))
 
 
-def bucket_errors(head_cfg: HeadConfig, params, prediction: str, data: ToyMixture, rng, *,
-                  buckets: Sequence[tuple[int, int]] = DEFAULT_BUCKETS, per_bucket: int = 2048,
-                  low_dtype: str = "bfloat16", schedule: Schedule | None = None) -> list[BucketError]:
-  """Per bucket: the output, x0 and DDIM-step errors that `low_dtype` adds, with their bounds."""
+@dataclasses.dataclass(frozen=True)
+class BucketSamples:
+  """One bucket's samples: the inputs, the head's outputs in float32 ("hi") and in the low dtype
+  ("lo"), and the x0 and DDIM step each implies (through parameterization.to_x0_eps, float32)."""
+
+  t: np.ndarray  # [n] int
+  alpha_bar: np.ndarray  # [n] float32, and alpha_bar_prev beside it.
+  alpha_bar_prev: np.ndarray
+  x_t: np.ndarray  # [n, c] float32
+  out_hi: np.ndarray
+  out_lo: np.ndarray
+  x0_hi: np.ndarray
+  x0_lo: np.ndarray
+  step_hi: np.ndarray
+  step_lo: np.ndarray
+
+
+def bucket_samples(head_cfg: HeadConfig, params, prediction: str, data: ToyMixture, rng, *,
+                   buckets: Sequence[tuple[int, int]] = DEFAULT_BUCKETS, per_bucket: int = 2048,
+                   low_dtype: str = "bfloat16", schedule: Schedule | None = None) -> list[BucketSamples]:
+  """Per bucket: `per_bucket` draws of (t, x0, eps) and the head run on them in both dtypes."""
   schedule = schedule or Schedule.create("cosine", 1000)
   ab = np.asarray(schedule.alpha_bar)
   ab_prev = np.asarray(schedule.alpha_bar_prev)
@@ -86,17 +103,30 @@ def bucket_errors(head_cfg: HeadConfig, params, prediction: str, data: ToyMixtur
       x0_hat, eps_hat = parameterization.to_x0_eps(prediction, out, x_t, a)
       x_prev = jnp.sqrt(a_prev)[:, None] * x0_hat + jnp.sqrt(1 - a_prev)[:, None] * eps_hat
       outs.append((out, x0_hat, x_prev))
-    (o32, x32, p32), (olo, xlo, plo) = outs
-    return olo - o32, xlo - x32, plo - p32
+    return a, a_prev, x_t, outs
 
   results = []
   for i, (lo, hi) in enumerate(buckets):
     t_rng, m_rng = jax.random.split(jax.random.fold_in(rng, i))
     t = np.asarray(jax.random.randint(t_rng, (per_bucket,), lo, hi))
-    d_out, d_x0, d_step = (np.asarray(v) for v in measure(jnp.asarray(t), m_rng))
-    a, a_prev = ab[t].astype(np.float64), ab_prev[t].astype(np.float64)
+    a, a_prev, x_t, ((o_hi, x0_hi, p_hi), (o_lo, x0_lo, p_lo)) = jax.device_get(measure(jnp.asarray(t), m_rng))
+    results.append(BucketSamples(t=t, alpha_bar=a, alpha_bar_prev=a_prev, x_t=x_t, out_hi=o_hi, out_lo=o_lo,
+                                 x0_hi=x0_hi, x0_lo=x0_lo, step_hi=p_hi, step_lo=p_lo))
+  return results
+
+
+def bucket_errors(head_cfg: HeadConfig, params, prediction: str, data: ToyMixture, rng, *,
+                  buckets: Sequence[tuple[int, int]] = DEFAULT_BUCKETS, per_bucket: int = 2048,
+                  low_dtype: str = "bfloat16", schedule: Schedule | None = None) -> list[BucketError]:
+  """Per bucket: the output, x0 and DDIM-step errors that `low_dtype` adds, with their bounds."""
+  results = []
+  for (lo, hi), s in zip(buckets, bucket_samples(head_cfg, params, prediction, data, rng, buckets=buckets,
+                                                 per_bucket=per_bucket, low_dtype=low_dtype, schedule=schedule)):
+    d_out = s.out_lo - s.out_hi
+    a, a_prev = s.alpha_bar.astype(np.float64), s.alpha_bar_prev.astype(np.float64)
     results.append(BucketError(
-        t_lo=lo, t_hi=hi, alpha_bar=float(np.exp(np.mean(np.log(a)))), out_err=_rms(d_out), x0_err=_rms(d_x0),
-        x0_bound=_rms(x0_coefficient(prediction, a)[:, None] * np.abs(d_out)), step_err=_rms(d_step),
+        t_lo=lo, t_hi=hi, alpha_bar=float(np.exp(np.mean(np.log(a)))), out_err=_rms(d_out),
+        x0_err=_rms(s.x0_lo - s.x0_hi), x0_bound=_rms(x0_coefficient(prediction, a)[:, None] * np.abs(d_out)),
+        step_err=_rms(s.step_lo - s.step_hi),
         step_bound=_rms(ddim_step_coefficient(prediction, a, a_prev)[:, None] * np.abs(d_out))))
   return results

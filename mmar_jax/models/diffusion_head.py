@@ -82,6 +82,10 @@ class ResBlock(nn.Module):
     h = _modulate(layer_norm(cfg, "in_ln")(x), shift, scale)
     h = dense(cfg, cfg.width, ("embed", "mlp"), "mlp_in")(h)
     h = dense(cfg, cfg.width, ("mlp", "embed"), "mlp_out")(nn.silu(h))
+    # The branch in the residual stream's layout before the gate. Without it, XLA (jax 0.10.2, both
+    # partitioners) miscompiles `x + gate * h` on a mesh with data, fsdp and tensor all > 1 (a
+    # wrong forward, not a slow one; tests/models/test_diffusion_head.py compares it unsharded).
+    h = nn.with_logical_constraint(h, ("batch", "activation_embed"))
     return x + gate * h
 
 

@@ -34,9 +34,29 @@ def learning_rate_schedule(train_config: ml_collections.ConfigDict) -> optax.Sch
   return lambda count: base(count + 1)
 
 
+# What a parameter is decides whether it decays, by its name in the tree, never by its rank: under
+# nn.scan a norm scale is [layers, d] and a q/k/v bias [layers, heads, head_dim].
+DECAYED = frozenset({"kernel", "embed_tokens", "lm_head", "lora_a", "lora_b", "image_position_embedding"})
+NOT_DECAYED = frozenset({"scale", "bias"})  # Norm scales (and LayerNorm's shift) and biases.
+
+
 def weight_decay_mask(params: Any) -> Any:
-  """True where weight decay applies: matrices and tables, not norm scales or biases (1-d)."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  """True where weight decay applies: projection kernels, LoRA factors and embedding tables; False
+  on norm scales and biases, whatever their rank. A parameter of another name is an error, so a
+  new kind of weight is classified here rather than decayed by accident."""
+
+  def decays(path, leaf) -> bool:
+    del leaf
+    last = path[-1]
+    name = getattr(last, "key", getattr(last, "name", str(last)))
+    if name in DECAYED:
+      return True
+    if name in NOT_DECAYED:
+      return False
+    raise ValueError(f"train/optimizer.py: parameter {jax.tree_util.keystr(path)} is neither a weight "
+                     f"{sorted(DECAYED)} nor a norm scale or bias {sorted(NOT_DECAYED)}; add its name to one")
+
+  return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def make_optimizer(train_config: ml_collections.ConfigDict, params: Any = None, *, lora_rank: int = 0,

@@ -25,7 +25,16 @@ TINY = view(kl_vae.VAEConfig, {"tokenizer.vae_channels": 8, "tokenizer.vae_chann
                                "tokenizer.vae_norm_groups": 4, "tokenizer.vae_encoder_attn_levels": (1,),
                                "tokenizer.dtype": "float32"})
 SIZE = 16
-SIZES = [(20, 16), (16, 16), (40, 33), (64, 48), (17, 30)]  # (w, h): non-square, some to halve, some to upscale.
+# (width, height, k): a random SIZE-short-side picture, each pixel a k x k block. The crop is
+# visible (random pixels, wide and tall) and the expected pixels follow without resampling: k x k
+# blocks halve exactly under the box filter, and a short side of SIZE is cropped, not resized.
+IMAGES = [(24, 16, 1), (16, 16, 1), (16, 26, 1), (16, 32, 2), (24, 16, 4)]
+
+
+def expected_pixels(base: np.ndarray) -> np.ndarray:
+  """The centre SIZE x SIZE of the SIZE-short-side picture, in [-1, 1] (written out, not load_image)."""
+  top, left = (base.shape[0] - SIZE) // 2, (base.shape[1] - SIZE) // 2
+  return base[top:top + SIZE, left:left + SIZE].astype(np.float32) / 127.5 - 1.0
 
 
 @pytest.fixture(scope="module")
@@ -33,18 +42,21 @@ def dataset(tmp_path_factory):
   root = tmp_path_factory.mktemp("data")
   os.makedirs(root / "img")
   rng = np.random.default_rng(0)
+  bases = []
   with open(root / "manifest.jsonl", "w") as f:
-    for i, (w, h) in enumerate(SIZES):
-      Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "img" / f"{i}.png")
+    for i, (w, h, k) in enumerate(IMAGES):
+      base = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+      bases.append(base)
+      Image.fromarray(np.repeat(np.repeat(base, k, axis=0), k, axis=1)).save(root / "img" / f"{i}.png")
       f.write(json.dumps({"image": f"img/{i}.png", "caption": f"picture {i}"}) + "\n")
   tok = tokenizers.KLVAE(view(tokenizers.TokenizerConfig, {"tokenizer.kind": "kl16", "tokenizer.image_size": SIZE,
                                                           "tokenizer.vae_checkpoint": str(root / "vae")}, vae=TINY))
   vae_ckpt.save(str(root / "vae"), tok.init_params(jax.random.key(0)), TINY)
-  return root, tok, vae_ckpt.tokenizer_params(tok)
+  return root, tok, vae_ckpt.tokenizer_params(tok), bases
 
 
 def _cache(dataset, out, **kw):
-  root, tok, params = dataset
+  root, tok, params, _ = dataset
   mesh = jax.make_mesh((8, 1, 1), configs.MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
   with jax.set_mesh(mesh), nn.logical_axis_rules(configs.DEFAULT_LOGICAL_AXIS_RULES):
@@ -53,14 +65,14 @@ def _cache(dataset, out, **kw):
 
 
 def test_records_hold_moments_of_the_image_and_its_mirror(dataset, tmp_path):
-  root, tok, params = dataset
+  root, tok, params, bases = dataset
   paths = _cache(dataset, tmp_path / "cache")
   assert [os.path.basename(p) for p in paths] == [latent_cache.shard_name(i, 3) for i in range(3)]
   records = [r for p in paths for r in latent_cache.read_shard(p)]
-  assert [r["key"] for r in records] == [f"img/{i}.png" for i in range(len(SIZES))]
-  assert [r["caption"] for r in records] == [f"picture {i}" for i in range(len(SIZES))]
-  pixels = np.stack([latent_cache.load_image(str(root / "img" / f"{i}.png"), SIZE) for i in range(len(SIZES))])
-  assert pixels.shape == (5, SIZE, SIZE, 3) and pixels.min() >= -1 and pixels.max() <= 1
+  assert [r["key"] for r in records] == [f"img/{i}.png" for i in range(len(IMAGES))]
+  assert [r["caption"] for r in records] == [f"picture {i}" for i in range(len(IMAGES))]
+  pixels = np.stack([expected_pixels(base) for base in bases])
+  assert pixels.shape == (5, SIZE, SIZE, 3)
   expected = tok.moments(params, pixels)
   expected_flip = tok.moments(params, pixels[:, :, ::-1])
   for i, r in enumerate(records):
@@ -87,13 +99,13 @@ def test_rerun_skips_finished_shards_and_repeats_the_bytes(dataset, tmp_path):
   assert not os.path.exists(paths[1] + ".tmp")
   # Other settings in the same directory are refused rather than mixed.
   with pytest.raises(ValueError, match="other settings"):
-    root, tok, params = dataset
+    root, tok, params, _ = dataset
     latent_cache.cache_latents(str(root / "manifest.jsonl"), str(tmp_path / "a"), tok, params, batch_size=8,
                                records_per_shard=4, progress=False)
 
 
 def test_prepare_data_cli_writes_the_same_shards(dataset, tmp_path):
-  root, tok, _ = dataset
+  root, tok, _, _ = dataset
   reference = _cache(dataset, tmp_path / "ref")
   overrides = [f"--config.tokenizer.{k}={v}" for k, v in dict(
       vae_channels=TINY.channels, vae_channel_mult="(1,2)", vae_num_res_blocks=1, vae_z_channels=TINY.z_channels,

@@ -57,14 +57,16 @@ def test_caption_jsonl_round_trips(tmp_path):
     assert row[1:row.index(ids.boi)] == TOK.encode(records[i]["caption"]).ids
 
 
-def test_llava_conversations_round_trip(tmp_path):
+@pytest.mark.parametrize("layout", ["json", "jsonl"])
+def test_llava_conversations_round_trip(tmp_path, layout):
   records = write_images(tmp_path, 4)
   entries = [{"id": str(i), "image": f"images/{i}.png", "conversations": [
       {"from": "human", "value": f"<image>\n{r['qa'][2][0]}"}, {"from": "gpt", "value": r["qa"][2][1]},
       {"from": "human", "value": r["qa"][0][0]}, {"from": "gpt", "value": r["qa"][0][1]}]}
       for i, r in enumerate(records)]
-  path = tmp_path / "llava.json"
-  path.write_text(json.dumps(entries))  # LLaVA ships a JSON array.
+  path = tmp_path / f"llava.{layout}"
+  # LLaVA ships a JSON array; the same entries one a line are JSONL.
+  path.write_text(json.dumps(entries) if layout == "json" else "".join(json.dumps(e) + "\n" for e in entries))
   source = ManifestSource(str(path))
   for i, r in enumerate(records):
     got = decode.decode_record(source[i], 32)
@@ -76,11 +78,33 @@ def test_llava_conversations_round_trip(tmp_path):
   assert (batch["image_task"][:, 0] == 0).all()
 
 
-def test_large_non_square_images_are_cropped_and_resized(tmp_path):
-  Image.fromarray(np.full((60, 90, 3), 200, np.uint8)).save(tmp_path / "wide.jpg")
-  (tmp_path / "m.jsonl").write_text(json.dumps({"image": "wide.jpg", "caption": "a white square"}) + "\n")
-  got = decode.decode_record(ManifestSource(str(tmp_path / "m.jsonl"))[0], 32)
-  assert got["image"].shape == (32, 32, 3) and np.abs(got["image"].astype(int) - 200).max() <= 3
+def _decoded(tmp_path, name, image):
+  Image.fromarray(image).save(tmp_path / name)
+  (tmp_path / f"{name}.jsonl").write_text(json.dumps({"image": name, "caption": "a picture"}) + "\n")
+  return decode.decode_record(ManifestSource(str(tmp_path / f"{name}.jsonl"))[0], 32)["image"]
+
+
+def test_large_non_square_images_are_centre_cropped_exactly(tmp_path):
+  """Random 32-short-side pictures in 2x2 blocks (64 x 96 and 96 x 64): the box filter halves them
+  exactly, so the result must be the picture's centre 32 x 32, to the pixel."""
+  rng = np.random.default_rng(0)
+  for h, w in ((32, 48), (48, 32)):
+    base = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    got = _decoded(tmp_path, f"{h}x{w}.png", np.repeat(np.repeat(base, 2, axis=0), 2, axis=1))
+    top, left = (h - 32) // 2, (w - 32) // 2
+    np.testing.assert_array_equal(got, base[top:top + 32, left:left + 32])
+
+
+def test_resized_images_keep_the_centre_third_of_a_wide_picture(tmp_path):
+  """A 60 x 90 picture of three 30-px bands (black, grey, white) is resized to 32 x 48 (bicubic)
+  and cropped to x in [8, 40): the crop shows 8 px of black, 16 of grey, 8 of white."""
+  image = np.zeros((60, 90, 3), np.uint8)
+  image[:, 30:60], image[:, 60:] = 128, 255
+  got = _decoded(tmp_path, "bands.png", image).astype(int)
+  assert got.shape == (32, 32, 3)
+  assert np.abs(got[:, :6]).max() <= 2  # Away from the band edges (bicubic rings for ~2 px).
+  assert np.abs(got[:, 10:22] - 128).max() <= 2
+  assert np.abs(got[:, 26:] - 255).max() <= 2
 
 
 def write_corrupt_manifest(tmp_path):

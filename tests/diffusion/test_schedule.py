@@ -1,19 +1,31 @@
-"""MAR's cosine schedule and its respacing: values against the closed form, float32 constants."""
+"""MAR's cosine schedule and its respacing: values against MAR's formula written out in float64, float32 constants."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from mmar_jax.diffusion.schedule import Schedule, cosine_alpha_bar, respaced_timesteps
+from mmar_jax.diffusion.schedule import Schedule, respaced_timesteps
 
 
-def test_cosine_alpha_bar_follows_the_closed_form_until_the_beta_clip():
+def mar_cosine_alpha_bar(num_steps: int) -> np.ndarray:
+  """MAR's schedule written out independently, float64 (MAR diffusion/gaussian_diffusion.py, from
+  guided-diffusion): get_named_beta_schedule('cosine') = betas_for_alpha_bar(T, lambda t:
+  cos((t + 0.008) / 1.008 * pi / 2) ** 2) with max_beta 0.999, then alphas_cumprod = cumprod(1 - betas)."""
+  alpha_bar = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+  betas = [min(1 - alpha_bar((i + 1) / num_steps) / alpha_bar(i / num_steps), 0.999) for i in range(num_steps)]
+  return np.cumprod(1.0 - np.array(betas, np.float64))
+
+
+def test_cosine_alpha_bar_is_mars_formula():
   s = Schedule.create("cosine", 1000)
   assert s.alpha_bar.dtype == np.float32 and s.num_steps == 1000
   np.testing.assert_array_equal(s.timesteps, np.arange(1000))
-  # alpha_bar_t = f((t + 1) / T) / f(0) wherever no beta hit the 0.999 clip (all but the last step).
-  t = np.arange(999)
-  np.testing.assert_allclose(s.alpha_bar[:999], cosine_alpha_bar((t + 1) / 1000) / cosine_alpha_bar(0.0), rtol=1e-5)
+  reference = mar_cosine_alpha_bar(1000)
+  # Every step, the last (where the beta clip acts) included: float32 rounding of the float64 values.
+  np.testing.assert_allclose(s.alpha_bar, reference, rtol=2e-7, atol=0)
+  np.testing.assert_array_equal(s.alpha_bar_prev, np.concatenate([[1.0], reference[:-1]]).astype(np.float32))
   assert np.all(np.diff(s.alpha_bar) < 0) and 0 < s.alpha_bar[-1] < 1e-8 and s.alpha_bar[0] > 0.9999
 
 

@@ -87,9 +87,18 @@ def test_head_initialises_sharded_over_fsdp_and_tensor():
   kernel = params["params"]["res_blocks_0"]["mlp_in"]["kernel"]  # ('embed', 'mlp') -> (fsdp, tensor)
   assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
   assert kernel.addressable_shards[0].data.shape == (CFG.width // 2, CFG.width // 2)
+  # Nonzero values everywhere (the output layer starts at zero), placed on the same shards: the
+  # sharded forward must compute what one device computes from the same numbers.
+  values = _randomise(jax.device_get(params))
+  placed = jax.device_put(values, shardings)
+  assert placed["params"]["res_blocks_0"]["mlp_in"]["kernel"].sharding.spec == kernel.sharding.spec
+  x = _inputs(seed=2)
   with sharding.activate(mesh, config.mesh.logical_axis_rules):
-    out = jax.jit(head.apply)(params, *_inputs(seed=2))
-  assert out.shape == (16, CFG.token_channels)
+    out = jax.jit(head.apply)(placed, *x)
+  expected = head.apply(jax.device_put(values, jax.devices()[0]), *(jax.device_put(v, jax.devices()[0]) for v in x))
+  assert out.shape == (16, CFG.token_channels) and float(jnp.abs(expected).max()) > 1e-2
+  # float32 sums split over shards add in another order: ~1e-7 of the partial sums (~10) apart.
+  np.testing.assert_allclose(np.asarray(out), np.asarray(expected), rtol=1e-5, atol=1e-5)
 
 
 def test_head_config_reads_the_preset():

@@ -86,8 +86,12 @@ def test_non_finite_batch_is_skipped_without_touching_the_state(host_batch):
                                                       config.mesh.logical_axis_rules), {})
     assert int(metrics["skipped"]) == 0 and int(metrics["total_skips"]) == 1
     moved = jax.device_get(state.params)
-    assert not np.array_equal(moved["head"]["input_proj"]["kernel"] if "input_proj" in moved["head"] else
-                              jax.tree.leaves(moved["head"])[0], jax.tree.leaves(before[0]["head"])[0])
+    # The same leaf before and after: the head's input projection and the backbone's q kernel move.
+    for part, path in (("head", ("input_proj", "kernel")), ("backbone", ("layers", "self_attn", "q_proj", "kernel"))):
+      old, new = before[0][part], moved[part]
+      for key in path:
+        old, new = old[key], new[key]
+      assert old.shape == new.shape and not np.array_equal(old, new), (part, path)
 
 
 def test_gradient_accumulation_of_identical_micro_batches_equals_one_step(host_batch):
