@@ -25,7 +25,7 @@ def preset_params(name: str, *overrides: str):
   Built without the text tokenizer (the Qwen2 files need not be here): any id serves as the mask id."""
   config = configs.load_config(f"configs/{name}.py", ["data.num_workers=0", *overrides])
   model = MMAR(MMARConfig.from_config(config, config.model.vocab_size - 1))
-  image = tokenizers.make_tokenizer(tokenizers.TokenizerConfig.from_config(config.tokenizer))
+  image = tokenizers.make_tokenizer(tokenizers.TokenizerConfig.from_config(config))
   exp = experiment.Experiment(config=config, text_tokenizer=None, special_ids=None, model=model,
                               image_tokenizer=image)
   boxed = jax.eval_shape(exp.init_params, jax.random.key(0))
