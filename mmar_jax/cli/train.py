@@ -1,7 +1,8 @@
 """mmar-jax train: train (or resume) a model from a config; see mmar_jax/train/loop.py.
 
-Run the same command on every process of a multi-host job; `jax.distributed` starts up from
-the environment (TPU pod, SLURM) or the --coordinator-address flags.
+Run the same command on every process of a multi-host job (launch/ has scripts for TPU pods,
+SLURM and local processes); train/distributed.py says how a process finds the others. Process 0
+prints one start-up line: processes, local and global devices, the mesh, the global batch.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from absl import flags
 from ml_collections import config_flags
 
 from mmar_jax import configs
+from mmar_jax.data import pipeline
 from mmar_jax.data.corrupt import CorruptDataError
-from mmar_jax.train import checkpointing, distributed, loop
+from mmar_jax.train import checkpointing, distributed, loop, sharding
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/demo.py; --config.x.y=v "
                                           "overrides a field.", lock_config=True)
@@ -26,15 +28,24 @@ _COORDINATOR = flags.DEFINE_string("coordinator-address", None, "host:port of pr
                                    "outside TPU pods and SLURM).")
 _NUM_PROCESSES = flags.DEFINE_integer("num-processes", None, "Processes in the job (with --coordinator-address).")
 _PROCESS_ID = flags.DEFINE_integer("process-id", None, "This process's index (with --coordinator-address).")
+_STARTUP_ONLY = flags.DEFINE_bool("startup-only", False, "Join the job, check the mesh against the devices, print "
+                                  "the start-up line and exit without training (a pod's or cluster's smoke test).")
 
 
 def main(argv):
   del argv
-  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
   if config is None:
     raise flags.ValidationError("--config is required, e.g. --config=configs/demo.py")
-  configs.validate(config, num_devices=jax.device_count())
+  distributed.initialize(distributed.plan(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value),
+                         config.distributed)
+  configs.validate(config, num_devices=jax.device_count())  # A mesh the devices contradict fails naming both.
+  mesh = sharding.make_mesh(config)
+  pipeline.host_batch_size(pipeline.PipelineConfig.from_config(config), jax.process_count())
+  if jax.process_index() == 0:
+    print(distributed.startup_line(mesh, config.data.batch_size), flush=True)
+  if _STARTUP_ONLY.value:
+    return
   workdir = _WORKDIR.value
   if not _RESUME.value and os.path.isdir(os.path.join(workdir, "checkpoints")):
     mngr = checkpointing.manager(os.path.join(workdir, "checkpoints"), config.train, read_only=True)
