@@ -3,21 +3,24 @@
 Run the same command on every process of a multi-host job (launch/ has scripts for TPU pods,
 SLURM and local processes); train/distributed.py says how a process finds the others. Process 0
 prints one start-up line: processes, local and global devices, the mesh, the global batch.
+A multi-process run trains in a child of a small supervisor (train/supervisor.py), so that a lost
+process ends the others with one line (exit 75) instead of jax's fatal abort.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 
 import jax
-from absl import flags
+from absl import flags, logging
 from ml_collections import config_flags
 
 from mmar_jax import configs
 from mmar_jax.data import pipeline
 from mmar_jax.data.corrupt import CorruptDataError
-from mmar_jax.train import checkpointing, distributed, loop, sharding
+from mmar_jax.train import checkpointing, distributed, loop, sharding, supervisor
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/demo.py; --config.x.y=v "
                                           "overrides a field.", lock_config=True)
@@ -37,8 +40,10 @@ def main(argv):
   config = _CONFIG.value
   if config is None:
     raise flags.ValidationError("--config is required, e.g. --config=configs/demo.py")
-  distributed.initialize(distributed.plan(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value),
-                         config.distributed)
+  plan = distributed.plan(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if plan.kind != "single" and not supervisor.is_child():
+    sys.exit(supervisor.run(sys.argv[1:], _WORKDIR.value, plan.process_id))
+  distributed.initialize(plan, config.distributed)
   configs.validate(config, num_devices=jax.device_count())  # A mesh the devices contradict fails naming both.
   mesh = sharding.make_mesh(config)
   pipeline.host_batch_size(pipeline.PipelineConfig.from_config(config), jax.process_count())
@@ -57,6 +62,16 @@ def main(argv):
   except (loop.TrainingDiverged, CorruptDataError) as e:
     print(f"mmar-jax train: stopped: {e}", file=sys.stderr)
     sys.exit(1)
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    # A collective with a dead process failed. jax's runtime will end this process once the
+    # coordination service names the lost one (within the heartbeat timeout); the supervisor
+    # turns that into one line. Waiting here keeps a traceback from coming first.
+    logging.error("distributed: a collective failed; waiting for jax to name the lost process: %s",
+                  str(e).splitlines()[0] if str(e) else type(e).__name__)
+    time.sleep(config.distributed.heartbeat_timeout_s + 30)
+    os._exit(supervisor.LOST_EXIT)
   messages = {"done": f"finished at step {result.step}",
               "time_limit": f"stopped at step {result.step} (config.train.time_limit_s); rerun to continue",
               "preempted": f"preempted (SIGTERM) at step {result.step}; checkpoint saved, rerun to resume"}

@@ -102,8 +102,9 @@ def slurm_gpu_problem(env: Mapping[str, str] = os.environ) -> str | None:
     gpus = int(env.get("SLURM_GPUS_ON_NODE", "0"))
   except ValueError:
     return None
-  tasks = env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_STEP_TASKS_PER_NODE") or env.get(
-      "SLURM_TASKS_PER_NODE", "")
+  # The step's own count first: srun may start fewer tasks than the job allocated.
+  tasks = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE") or env.get(
+      "SLURM_NTASKS_PER_NODE", "")
   match = re.match(r"\d+", tasks)
   if not match or gpus <= int(match.group()):
     return None
