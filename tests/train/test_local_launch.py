@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -126,3 +127,29 @@ def test_local_launch_checks_its_arguments(args, says):
 
 def test_local_launch_parses():
   assert subprocess.run(["bash", "-n", SCRIPT]).returncode == 0
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launch_saves_on_every_process_and_exits_0(tmp_path):
+  import signal
+  import time
+  workdir = str(tmp_path)
+  env = dict(os.environ, PYTHON=sys.executable, MMAR_LOCAL_DEVICES="4")
+  proc = subprocess.Popen(["bash", SCRIPT, "2", *tiny.cli_args(workdir, "train.num_steps=10000",
+                                                                "train.checkpoint_every=2")[1:]],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    deadline = time.monotonic() + 600
+    while not os.path.isdir(os.path.join(workdir, "checkpoints", "2")):
+      assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+      time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)  # As a scheduler's preemption notice: through each supervisor to its child.
+    out, _ = proc.communicate(timeout=180)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 0, out
+  log = open(os.path.join(workdir, "launch_logs", "process_0.log")).read()
+  match = re.search(r"preempted \(SIGTERM\) at step (\d+); checkpoint saved", log)
+  assert match, log
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", match.group(1)))
