@@ -1,21 +1,27 @@
 """mmar-jax train: train (or resume) a model from a config; see mmar_jax/train/loop.py.
 
-Run the same command on every process of a multi-host job; `jax.distributed` starts up from
-the environment (TPU pod, SLURM) or the --coordinator-address flags.
+Run the same command on every process of a multi-host job (launch/ has scripts for TPU pods,
+SLURM and local processes); train/distributed.py says how a process finds the others. Process 0
+prints one start-up line: processes, local and global devices, the mesh, the global batch.
+A multi-process run trains in a child of a small supervisor (train/supervisor.py), so that a lost
+process ends the others with one line (exit 75) instead of jax's fatal abort.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 
 import jax
-from absl import flags
+from absl import flags, logging
 from ml_collections import config_flags
 
 from mmar_jax import configs
+from mmar_jax.data import pipeline
 from mmar_jax.data.corrupt import CorruptDataError
-from mmar_jax.train import checkpointing, distributed, loop
+from mmar_jax.train import checkpointing, distributed, loop, supervisor
+from mmar_jax.train import mesh as mesh_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/demo.py; --config.x.y=v "
                                           "overrides a field.", lock_config=True)
@@ -26,15 +32,26 @@ _COORDINATOR = flags.DEFINE_string("coordinator-address", None, "host:port of pr
                                    "outside TPU pods and SLURM).")
 _NUM_PROCESSES = flags.DEFINE_integer("num-processes", None, "Processes in the job (with --coordinator-address).")
 _PROCESS_ID = flags.DEFINE_integer("process-id", None, "This process's index (with --coordinator-address).")
+_STARTUP_ONLY = flags.DEFINE_bool("startup-only", False, "Join the job, check the mesh against the devices, print "
+                                  "the start-up line and exit without training (a pod's or cluster's smoke test).")
 
 
 def main(argv):
   del argv
-  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
   if config is None:
     raise flags.ValidationError("--config is required, e.g. --config=configs/demo.py")
-  configs.validate(config, num_devices=jax.device_count())
+  plan = distributed.plan(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if plan.kind != "single" and not supervisor.is_child():
+    sys.exit(supervisor.run(sys.argv[1:], _WORKDIR.value, plan.process_id))
+  distributed.initialize(plan, config.distributed)
+  configs.validate(config, num_devices=jax.device_count())  # A mesh the devices contradict fails naming both.
+  mesh = mesh_lib.make_mesh(config)
+  pipeline.host_batch_size(pipeline.PipelineConfig.from_config(config), jax.process_count())
+  if jax.process_index() == 0:
+    print(distributed.startup_line(mesh, config.data.batch_size), flush=True)
+  if _STARTUP_ONLY.value:
+    return
   workdir = _WORKDIR.value
   if not _RESUME.value and os.path.isdir(os.path.join(workdir, "checkpoints")):
     mngr = checkpointing.manager(os.path.join(workdir, "checkpoints"), config.train, read_only=True)
@@ -46,6 +63,16 @@ def main(argv):
   except (loop.TrainingDiverged, CorruptDataError) as e:
     print(f"mmar-jax train: stopped: {e}", file=sys.stderr)
     sys.exit(1)
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    # A collective with a dead process failed. jax's runtime will end this process once the
+    # coordination service names the lost one (within the heartbeat timeout); the supervisor
+    # turns that into one line. Waiting here keeps a traceback from coming first.
+    logging.error("distributed: a collective failed; waiting for jax to name the lost process: %s",
+                  str(e).splitlines()[0] if str(e) else type(e).__name__)
+    time.sleep(config.distributed.heartbeat_timeout_s + 30)
+    os._exit(supervisor.LOST_EXIT)
   messages = {"done": f"finished at step {result.step}",
               "time_limit": f"stopped at step {result.step} (config.train.time_limit_s); rerun to continue",
               "preempted": f"preempted (SIGTERM) at step {result.step}; checkpoint saved, rerun to resume"}

@@ -213,6 +213,15 @@ def base_config() -> ml_collections.ConfigDict:
   config.mesh.dcn_fsdp = 1
   config.mesh.logical_axis_rules = DEFAULT_LOGICAL_AXIS_RULES
 
+  # Multi-process jobs (train/distributed.py, launch/): jax.distributed's waits, in seconds.
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.initialization_timeout_s = 300  # For every process to join at start.
+  # A process silent this long counts as lost and the others stop (exit 75, naming it): the bound
+  # on how long a job runs on with a dead process. jax's default; heartbeats come from a thread,
+  # so long compiles or checkpoint writes do not delay them.
+  config.distributed.heartbeat_timeout_s = 100
+  config.distributed.shutdown_timeout_s = 300  # At exit, for the others to finish too.
+
   # The input pipeline (mmar_jax/data): source, task sequences, batching, workers.
   config.data = ml_collections.ConfigDict()
   config.data.source = "synthetic"  # One of DATA_SOURCES.

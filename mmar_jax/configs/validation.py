@@ -68,6 +68,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     if not config.loss[field] >= 0:
       fail(f"loss.{field}", config.loss[field], "must be non-negative")
   _validate_train(config.train)
+  for field in ("initialization_timeout_s", "heartbeat_timeout_s", "shutdown_timeout_s"):
+    if not isinstance(config.distributed[field], int) or config.distributed[field] < 1:
+      fail(f"distributed.{field}", config.distributed[field], "must be a positive number of seconds")
   _validate_head(config.head)
   _validate_diffusion(config.diffusion)
   validate_tokenizer(config.tokenizer)
