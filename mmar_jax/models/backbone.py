@@ -88,11 +88,18 @@ class KVCache:
   valid: Bool[Array, "b s"]
   index: Int[Array, ""]
 
+  AXES = ("layers", "batch", "length", "activation_kv_heads", "activation_head_dim")
+
   @classmethod
   def zeros(cls, cfg: BackboneConfig, batch: int, length: int) -> KVCache:
+    """An empty cache, born sharded as the rule table shards keys and values (batch over the data
+    axes, kv heads over tensor) when built under a mesh, so decoding never gathers it (gemma's
+    `init_cache(sharding=...)`); outside a mesh the constraint does nothing."""
     shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
-    return cls(key=jnp.zeros(shape, cfg.compute_dtype), value=jnp.zeros(shape, cfg.compute_dtype),
-               valid=jnp.zeros((batch, length), bool), index=jnp.zeros((), jnp.int32))
+    kv = lambda: nn.with_logical_constraint(jnp.zeros(shape, cfg.compute_dtype), cls.AXES)  # noqa: E731
+    return cls(key=kv(), value=kv(), valid=nn.with_logical_constraint(jnp.zeros((batch, length), bool),
+                                                                      ("batch", "length")),
+               index=jnp.zeros((), jnp.int32))
 
 
 @flax.struct.dataclass

@@ -63,6 +63,17 @@ def test_sharded_forward_equals_unsharded_and_params_are_split(data, fsdp, tenso
       None, "fsdp", "tensor")
 
 
+def test_the_kv_cache_is_born_sharded_as_the_rule_table_says():
+  config = mesh_config(2, 2, 2)
+  mesh, rules = mesh_lib.make_mesh(config), config.mesh.logical_axis_rules
+  with sharding.activate(mesh, rules):
+    cache = jax.jit(lambda: KVCache.zeros(CFG, 4, 16))()
+  # [layers, b, s, k, e]: the batch over data x fsdp, the 2 kv heads over tensor; nothing gathered.
+  assert cache.key.sharding.spec == jax.sharding.PartitionSpec(None, ("data", "fsdp"), None, "tensor")
+  assert cache.key.addressable_shards[0].data.shape == (CFG.num_layers, 1, 16, 1, CFG.head_dim)
+  assert cache.valid.sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"))
+
+
 def test_indivisible_sharding_names_the_parameter():
   cfg = dataclasses.replace(CFG, num_kv_heads=1, num_heads=2, head_dim=32)  # 1 kv head over tensor=2.
   config = mesh_config(1, 4, 2)
