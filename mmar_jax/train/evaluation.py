@@ -14,13 +14,13 @@ from the synthetic prompts, so a run always shows what the model does [ours].
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mmar_jax import checkpoint
 from mmar_jax.data import synthetic, synthetic_judge
 from mmar_jax.infer import describe, generate_image
 from mmar_jax.train import experiment, metrics
@@ -119,9 +119,18 @@ def grid_png(images: np.ndarray, captions: list[str], path: str, *, scale: int =
         lines.append("")
       lines[-1] = f"{lines[-1]} {word}".strip()
     draw.multiline_text((x + 2, y + size + 2), "\n".join(lines[:3]), fill="black")
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  canvas.save(path)
+  path = checkpoint.path_of(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with path.open("wb") as f:
+    canvas.save(f, format="PNG")
   return np.asarray(canvas)
+
+
+def write_json(path: str, value: Any) -> None:
+  """`value` as indented JSON at `path` (any epath filesystem)."""
+  path = checkpoint.path_of(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(value, indent=1))
 
 
 def table(result: dict[str, Any]) -> str:
@@ -151,10 +160,9 @@ def make_hook(config, workdir: str):
     result = evaluate(exp, params, records, seed=config.seed)
     if jax.process_index() != 0:
       return
-    path = os.path.join(workdir, "eval", f"step_{step}")
-    grid = grid_png(result["images"], [r["caption"] for r in records], path + ".png")
-    with open(path + ".json", "w") as f:
-      json.dump({k: v for k, v in result.items() if k != "images"}, f, indent=1)
+    path = checkpoint.path_of(workdir) / "eval" / f"step_{step}"
+    grid = grid_png(result["images"], [r["caption"] for r in records], f"{path}.png")
+    write_json(f"{path}.json", {k: v for k, v in result.items() if k != "images"})
     writer.scalars(step, {f"eval/{k}": v for k, v in result["summary"].items()})
     writer.images(step, "eval/generated", grid)
     writer.text(step, "eval/answers", "\n\n".join(f"{u['question']} -> {u['answer']} (expected {u['expected']})"
