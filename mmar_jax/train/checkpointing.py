@@ -128,6 +128,9 @@ def resume(mngr: ocp.CheckpointManager, target: TrainState, make_iterator: Calla
   or none readable and `start_over`. See the module docstring for what happens to the others."""
   steps = sorted(mngr.all_steps(), reverse=True)
   if not steps:
+    if unfinished and jax.process_index() == 0:
+      print(f"starting from step 0: no finished checkpoint; the save{'s' if len(unfinished) > 1 else ''} of step "
+            f"{', '.join(map(str, unfinished))} never finished")
     return None
   failures: list[tuple[int, str]] = []
   for step in steps:
