@@ -5,8 +5,6 @@ Prints the table, writes `eval/step_<k>.png` (prompts and generated images) and 
 
 from __future__ import annotations
 
-import json
-
 from absl import flags
 
 from mmar_jax import checkpoint
