@@ -42,6 +42,9 @@ _OUT = flags.DEFINE_string("out", None, "With --jsonl: the JSONL file to write, 
 _MAX_NEW_TOKENS = flags.DEFINE_integer("max-new-tokens", 32, "Longest answer, in tokens.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "Sampling temperature; 0 is greedy.")
 _TOP_P = flags.DEFINE_float("top-p", 1.0, "Nucleus sampling: the most likely tokens holding this much probability.")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "Text tokenizer (a tokenizer.json or a directory holding it) "
+                                 "instead of the checkpoint's (its workdir's copy, else the stored path).")
+_VAE = flags.DEFINE_string("vae", None, "VAE weights (kl16 tokenizer) instead of the path the checkpoint stores.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (when --temperature > 0).")
 _BATCH_SIZE = flags.DEFINE_integer("batch-size", 16, "Images a describe call in --jsonl mode.")
 
@@ -64,7 +67,7 @@ def main(argv):
   for r in requests:
     if not os.path.isfile(r.image):
       raise FileNotFoundError(f"{r.where}: image {r.image} does not exist")
-  trained = checkpoint_arg.load(_CKPT.value, _STEP.value)
+  trained = checkpoint_arg.load(_CKPT.value, _STEP.value, tokenizer=_TOKENIZER.value, vae=_VAE.value)
   question_ids = [question_tokens(trained.exp, r, _MAX_NEW_TOKENS.value) for r in requests]
   answers = answer(trained, requests, question_ids, batch_size=_BATCH_SIZE.value, seed=_SEED.value,
                    progress=not _IMAGE.value, max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value,

@@ -40,6 +40,9 @@ _STEPS = flags.DEFINE_integer("steps", None, "AR steps, at most the image's toke
                               "config.diffusion.num_generation_steps).")
 _SAMPLING_STEPS = flags.DEFINE_integer("sampling-steps", None, "Diffusion sampler steps for each token (default "
                                        "config.diffusion.num_sampling_steps).")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "Text tokenizer (a tokenizer.json or a directory holding it) "
+                                 "instead of the checkpoint's (its workdir's copy, else the stored path).")
+_VAE = flags.DEFINE_string("vae", None, "VAE weights (kl16 tokenizer) instead of the path the checkpoint stores.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _OUT = flags.DEFINE_string("out", None, "The grid PNG to write; the single images go beside it.")
 _BATCH_SIZE = flags.DEFINE_integer("batch-size", 16, "Images a generate call (guidance runs twice the rows).")
@@ -52,7 +55,7 @@ def main(argv):
   del argv
   check_flags()
   prompts = read_prompts(_PROMPT.value, _PROMPTS_FILE.value)
-  trained = checkpoint_arg.load(_CKPT.value, _STEP.value)
+  trained = checkpoint_arg.load(_CKPT.value, _STEP.value, tokenizer=_TOKENIZER.value, vae=_VAE.value)
   exp = trained.exp
   overrides = dict(cfg_scale=_CFG.value, temperature=_TEMPERATURE.value, num_steps=_STEPS.value,
                    num_sampling_steps=_SAMPLING_STEPS.value)

@@ -14,7 +14,7 @@ from ml_collections import config_flags
 
 from mmar_jax import configs
 from mmar_jax.convert import hf_qwen2
-from mmar_jax.train import checkpointing, loop
+from mmar_jax.train import loop
 
 _HF_DIR = flags.DEFINE_string("hf-dir", None, "Hugging Face Qwen2 directory (config.json + *.safetensors).",
                               required=True)
@@ -55,7 +55,7 @@ def main(argv):
     raise FileExistsError(f"{_WORKDIR.value} already holds checkpoints {run.mngr.all_steps()}; choose a new --workdir")
   state = run.fresh_state()
   state = state.replace(params=dict(state.params, backbone=overlay(state.params["backbone"], backbone)))
-  checkpointing.save(run.mngr, state, run.data_iterator, config, force=True)
+  run.save(state, force=True)
   run.mngr.wait_until_finished()
   print(f"initialised {_WORKDIR.value} step 0 from {_HF_DIR.value}: backbone from Qwen2 ({cfg.num_layers} layers, "
         f"hidden {cfg.hidden_size}), adapter and head fresh")

@@ -9,7 +9,6 @@ process ends the others with one line (exit 75) instead of jax's fatal abort.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
@@ -17,10 +16,10 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from mmar_jax import configs
+from mmar_jax import checkpoint, configs
 from mmar_jax.data import pipeline
 from mmar_jax.data.corrupt import CorruptDataError
-from mmar_jax.train import checkpointing, distributed, loop, supervisor
+from mmar_jax.train import distributed, loop, supervisor
 from mmar_jax.train import mesh as mesh_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/demo.py; --config.x.y=v "
@@ -28,6 +27,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. con
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints/, tensorboard/, eval/.", required=True)
 _RESUME = flags.DEFINE_bool("resume", True, "Continue from the newest checkpoint in --workdir when there is one "
                             "(--noresume starts over, refusing a directory that has checkpoints).")
+_START_OVER = flags.DEFINE_bool("start-over", False, "When --workdir has checkpoints and none of them is readable, "
+                                "move them aside (checkpoints/corrupt/) and train from step 0 instead of stopping "
+                                "with an error naming each.")
 _COORDINATOR = flags.DEFINE_string("coordinator-address", None, "host:port of process 0 (multi-process runs "
                                    "outside TPU pods and SLURM).")
 _NUM_PROCESSES = flags.DEFINE_integer("num-processes", None, "Processes in the job (with --coordinator-address).")
@@ -53,13 +55,14 @@ def main(argv):
   if _STARTUP_ONLY.value:
     return
   workdir = _WORKDIR.value
-  if not _RESUME.value and os.path.isdir(os.path.join(workdir, "checkpoints")):
-    mngr = checkpointing.manager(os.path.join(workdir, "checkpoints"), config.train, read_only=True)
-    if mngr.all_steps():
-      raise FileExistsError(f"--noresume but {workdir}/checkpoints holds steps {mngr.all_steps()}; choose a new "
-                            "--workdir")
+  steps_dir = checkpoint.path_of(workdir) / checkpoint.CHECKPOINTS
+  if not _RESUME.value and steps_dir.is_dir():
+    steps = checkpoint.list_steps(steps_dir)
+    if steps:
+      raise FileExistsError(f"--noresume but {steps_dir} holds steps {steps}; choose a new --workdir")
   try:
-    result = loop.train(config, workdir, resume=_RESUME.value, eval_fn=loop.default_eval_fn(config, workdir))
+    result = loop.train(config, workdir, resume=_RESUME.value, start_over=_START_OVER.value,
+                        eval_fn=loop.default_eval_fn(config, workdir))
   except (loop.TrainingDiverged, CorruptDataError) as e:
     print(f"mmar-jax train: stopped: {e}", file=sys.stderr)
     sys.exit(1)

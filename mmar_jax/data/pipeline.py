@@ -111,10 +111,12 @@ def host_batch_size(config: PipelineConfig, process_count: int) -> int:
 
 
 def build_dataset(config: PipelineConfig, tokenizer: Tokenizer, *, source=None, process_index: int | None = None,
-                  process_count: int | None = None) -> grain.IterDataset:
+                  process_count: int | None = None, start: int = 0) -> grain.IterDataset:
   """This host's infinite stream of batches (numpy dicts, see the module docstring).
 
   `process_index` / `process_count` default to jax's; tests pass them to simulate hosts.
+  `start` skips that many records of this host's slice (a resume at another process count
+  repositions the stream this way, train/checkpointing.py).
   """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
@@ -125,6 +127,8 @@ def build_dataset(config: PipelineConfig, tokenizer: Tokenizer, *, source=None, 
   # stride of it, so hosts are disjoint within an epoch and together cover it.
   ds = grain.MapDataset.source(source).seed(config.seed).shuffle()
   ds = ds[process_index::process_count].repeat(None)  # Reseeds the shuffle every epoch.
+  if start:
+    ds = ds[start:]
   ds = ds.random_map(RecordToSequence(config, tokenizer)).to_iter_dataset()
   if config.num_workers > 0:
     # Grain reads its absl flags when it starts workers; outside an absl app (tests, notebooks,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from etils import epath
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from mmar_jax.data import synthetic
@@ -56,10 +57,11 @@ def build_demo_tokenizer() -> Tokenizer:
   return tokenizer
 
 
-def tokenizer_file(spec: str) -> str:
-  """The tokenizer.json that `spec` (a model directory or the file itself) names."""
-  path = os.path.join(spec, "tokenizer.json") if os.path.isdir(spec) else spec
-  if not os.path.isfile(path):
+def tokenizer_file(spec: str) -> epath.Path:
+  """The tokenizer.json that `spec` (a model directory or the file itself, on any epath filesystem) names."""
+  path = epath.Path(spec)
+  path = path / "tokenizer.json" if path.is_dir() else path
+  if not path.is_file():
     raise FileNotFoundError(f"config.data.tokenizer={spec!r}: no tokenizer.json at {path} (give 'demo', a "
                             "model directory with tokenizer.json, or the file itself)")
   return path
@@ -69,7 +71,7 @@ def load(spec: str) -> Tokenizer:
   """'demo', a tokenizer.json path, or a model directory holding tokenizer.json; special tokens added."""
   if spec == "demo":
     return build_demo_tokenizer()
-  tokenizer = Tokenizer.from_file(tokenizer_file(spec))
+  tokenizer = Tokenizer.from_str(tokenizer_file(spec).read_text())
   add_special_tokens(tokenizer)
   return tokenizer
 
@@ -81,7 +83,7 @@ def new_token_ids(spec: str) -> tuple[int, tuple[int, ...]]:
   its control tokens included) `<boi>`, `<eoi>`, `<mask>` become 151646..151648, inside the
   model's 151936-row table. The HF import gives exactly these rows their initial values.
   """
-  tokenizer = Tokenizer.from_file(tokenizer_file(spec))
+  tokenizer = Tokenizer.from_str(tokenizer_file(spec).read_text())
   size = tokenizer.get_vocab_size(with_added_tokens=True)
   ids = dataclasses.astuple(add_special_tokens(tokenizer))
   return size, tuple(sorted(i for i in ids if i >= size))

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
+from etils import epath
 from PIL import Image, ImageDraw
 
 
@@ -29,6 +28,8 @@ def grid_png(images: np.ndarray, captions: list[str], path: str, *, scale: int =
         lines.append("")
       lines[-1] = f"{lines[-1]} {word}".strip()
     draw.multiline_text((x + 2, y + size + 2), "\n".join(lines[:3]), fill="black")
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  canvas.save(path)
+  path = epath.Path(path)  # Any filesystem orbax writes to (gs://, ...), not only local paths.
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with path.open("wb") as f:
+    canvas.save(f, format="PNG")
   return np.asarray(canvas)

@@ -14,12 +14,12 @@ from the synthetic prompts, so a run always shows what the model does [ours].
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
 import numpy as np
 
+from mmar_jax import checkpoint
 from mmar_jax.data import synthetic, synthetic_judge
 from mmar_jax.infer import describe, generate_image, image_io
 from mmar_jax.train import experiment, metrics
@@ -97,6 +97,13 @@ def _normalise(text: str) -> str:
   return " ".join(text.replace("?", " ").replace(".", " ").split()).lower()
 
 
+def write_json(path: str, value: Any) -> None:
+  """`value` as indented JSON at `path` (any epath filesystem)."""
+  path = checkpoint.path_of(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(value, indent=1))
+
+
 def table(result: dict[str, Any]) -> str:
   """A plain-text report: generation correctness and answer accuracy, each beside its chance level."""
   s = result["summary"]
@@ -124,10 +131,9 @@ def make_hook(config, workdir: str):
     result = evaluate(exp, params, records, seed=config.seed)
     if jax.process_index() != 0:
       return
-    path = os.path.join(workdir, "eval", f"step_{step}")
-    grid = image_io.grid_png(result["images"], [r["caption"] for r in records], path + ".png")
-    with open(path + ".json", "w") as f:
-      json.dump({k: v for k, v in result.items() if k != "images"}, f, indent=1)
+    path = checkpoint.path_of(workdir) / "eval" / f"step_{step}"
+    grid = image_io.grid_png(result["images"], [r["caption"] for r in records], f"{path}.png")
+    write_json(f"{path}.json", {k: v for k, v in result.items() if k != "images"})
     writer.scalars(step, {f"eval/{k}": v for k, v in result["summary"].items()})
     writer.images(step, "eval/generated", grid)
     writer.text(step, "eval/answers", "\n\n".join(f"{u['question']} -> {u['answer']} (expected {u['expected']})"

@@ -10,7 +10,6 @@ starting it again gives the same parameters as never stopping (bit for bit on on
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -24,9 +23,10 @@ import tqdm
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
+from mmar_jax import checkpoint
 from mmar_jax.data import pipeline, sequences
 from mmar_jax.models.mmar import MMARConfig, head_slots
-from mmar_jax.train import checkpointing, experiment, flops, metrics, optimizer, sharding
+from mmar_jax.train import assets, checkpointing, experiment, flops, metrics, optimizer, sharding
 from mmar_jax.train import state as state_lib
 from mmar_jax.train import step as step_lib
 from mmar_jax.train import mesh as mesh_lib
@@ -112,17 +112,36 @@ class Run:
   state_shardings: state_lib.TrainState
   data_iterator: Any
   mngr: Any
+  unfinished: list[int]  # Steps whose save never finished, seen before the manager cleaned them up.
+  data_start: int = 0  # Record of each host's slice the data stream starts at (checkpointing.py).
+
+  def make_iterator(self, start: int = 0):
+    return iter(pipeline.build_dataset(pipeline.PipelineConfig.from_config(self.config), self.exp.text_tokenizer,
+                                       start=start))
 
   def fresh_state(self) -> state_lib.TrainState:
     return state_lib.create(self.exp.init_params, self.tx, self.config.seed, self.mesh,
                             self.config.mesh.logical_axis_rules)[0]
 
-  def restore(self) -> state_lib.TrainState | None:
-    """The newest readable checkpoint, on this run's mesh, with the data iterator moved to it."""
-    if not self.mngr.all_steps():
-      return None
+  def restore(self, start_over: bool = False) -> state_lib.TrainState | None:
+    """The newest readable checkpoint, on this run's mesh, with the data iterator moved to it
+    (`self.data_iterator` replaced); None when there is none. Prints what it did (process 0)."""
     target = state_lib.abstract(self.exp.init_params, self.tx, self.config.seed, self.state_shardings)
-    return checkpointing.restore_latest(self.mngr, target, self.data_iterator)
+    resumed = checkpointing.resume(self.mngr, target, self.make_iterator, mesh=self.mesh,
+                                   global_batch=self.config.data.batch_size, unfinished=self.unfinished,
+                                   start_over=start_over)
+    if resumed is None:
+      return None
+    self.data_iterator, self.data_start = resumed.data_iterator, resumed.data_start
+    if jax.process_index() == 0:
+      print("\n".join(resumed.lines), flush=True)
+    return resumed.state
+
+  def run_info(self) -> dict[str, Any]:
+    return checkpointing.run_info(self.mesh, self.config.data.batch_size, self.data_start)
+
+  def save(self, state: state_lib.TrainState, *, force: bool = False) -> bool:
+    return checkpointing.save(self.mngr, state, self.data_iterator, self.config, self.run_info(), force=force)
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
@@ -130,22 +149,31 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   exp = experiment.build(config)
   tx = build_optimizer(exp, config)
   state_shardings = state_lib.shardings(exp.init_params, tx, mesh, config.mesh.logical_axis_rules)
-  data_iterator = iter(pipeline.build_dataset(pipeline.PipelineConfig.from_config(config), exp.text_tokenizer))
-  mngr = checkpointing.manager(os.path.join(workdir, "checkpoints"), config.train)
-  return Run(config=config, mesh=mesh, exp=exp, tx=tx, state_shardings=state_shardings,
-             data_iterator=data_iterator, mngr=mngr)
+  directory = checkpoint.path_of(workdir) / checkpoint.CHECKPOINTS
+  unfinished = checkpointing.unfinished_saves(directory)
+  mngr = checkpointing.manager(directory, config.train)
+  if jax.process_index() == 0:
+    assets.copy_tokenizer(config, workdir)
+  run = Run(config=config, mesh=mesh, exp=exp, tx=tx, state_shardings=state_shardings, data_iterator=None,
+            mngr=mngr, unfinished=unfinished)
+  run.data_iterator = run.make_iterator()
+  return run
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = True,
+def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = True, start_over: bool = False,
           eval_fn: EvalFn | None = None, max_steps: int | None = None) -> RunResult:
-  """Trains to config.train.num_steps (or `max_steps`, for tests that stop a run early)."""
+  """Trains to config.train.num_steps (or `max_steps`, for tests that stop a run early).
+
+  `start_over`: when the workdir has checkpoints and none is readable, move them aside and start
+  from step 0 instead of raising checkpointing.NoReadableCheckpoint.
+  """
   start_time = time.monotonic()
   t = config.train
   run = setup(config, workdir)
-  mesh, rules, exp, mngr, data_iterator = run.mesh, config.mesh.logical_axis_rules, run.exp, run.mngr, run.data_iterator
-  state = run.restore() if resume else None
+  state = run.restore(start_over=start_over) if resume else None
   if state is None:
     state = run.fresh_state()
+  mesh, rules, exp, mngr, data_iterator = run.mesh, config.mesh.logical_axis_rules, run.exp, run.mngr, run.data_iterator
   train_step = step_lib.make_train_step(exp.model, exp.image_tokenizer, run.tx, optimizer.learning_rate_schedule(t),
                                         step_lib.StepConfig.from_config(config))
   step = start_step = int(state.step)
@@ -172,7 +200,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Tru
         pending = (step, step_metrics)
         progress.update(1)
         if step % t.checkpoint_every == 0:
-          checkpointing.save(mngr, state, data_iterator, config)
+          run.save(state)
         if eval_fn is not None and t.eval_every and step % t.eval_every == 0:
           eval_fn(exp, state.params, step)
         if preemption.any_process():
@@ -184,7 +212,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Tru
       if pending is not None:
         window.add(*pending, mngr, final=True)
       progress.set_postfix(window.postfix(), refresh=True)
-      checkpointing.save(mngr, state, data_iterator, config, force=True)
+      run.save(state, force=True)
   finally:
     mngr.wait_until_finished()
     progress.close()

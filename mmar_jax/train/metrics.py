@@ -7,12 +7,47 @@ the device's dense 16-bit matmul rate from its data sheet, or config.train.peak_
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
 import numpy as np
 import tensorboardX
+from etils import epath
+from tensorboardX import record_writer
+
+from mmar_jax import checkpoint
+
+# tensorboardX opens event files by the prefix before the path's first ':' (its own s3/gs writers,
+# else plain `open`). Logdirs are given to it as "mmar-epath:<path>", and this factory opens them
+# through etils' epath, so event files land on any filesystem the checkpoints can (gs://, ...).
+EPATH_PREFIX = "mmar-epath"
+
+
+class _EpathFile:
+  """The three calls tensorboardX makes on an event file (no fileno: it fsyncs files that have one)."""
+
+  def __init__(self, path: str):
+    self._f = epath.Path(path).open("wb")
+
+  def write(self, data: bytes) -> None:
+    self._f.write(data)
+
+  def flush(self) -> None:
+    self._f.flush()
+
+  def close(self) -> None:
+    self._f.close()
+
+
+class _EpathWriterFactory:
+  def open(self, path: str) -> _EpathFile:
+    return _EpathFile(path[len(EPATH_PREFIX) + 1:])
+
+  def directory_check(self, path: str) -> None:
+    epath.Path(path[len(EPATH_PREFIX) + 1:]).mkdir(parents=True, exist_ok=True)
+
+
+record_writer.register_writer_factory(EPATH_PREFIX, _EpathWriterFactory())
 
 # Dense bf16 matmul peak per device (FLOP/s) from the vendors' data sheets, by jax device_kind prefix.
 PEAK_FLOPS = {
@@ -51,7 +86,8 @@ class Writer:
   """TensorBoard event files (tensorboardX: no TensorFlow needed), written by process 0 only."""
 
   def __init__(self, logdir: str):
-    self._writer = tensorboardX.SummaryWriter(logdir) if jax.process_index() == 0 else None
+    self._writer = (tensorboardX.SummaryWriter(f"{EPATH_PREFIX}:{logdir}") if jax.process_index() == 0
+                    else None)
 
   def scalars(self, step: int, values: dict[str, Any]) -> None:
     if self._writer is None:
@@ -77,4 +113,4 @@ class Writer:
 
 
 def logdir(workdir: str) -> str:
-  return os.path.join(workdir, "tensorboard")
+  return str(checkpoint.path_of(workdir) / "tensorboard")

@@ -62,8 +62,21 @@ def saved_params(workdir: str, step: int | None = None):
   mngr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
                                options=ocp.CheckpointManagerOptions(read_only=True))
   step = mngr.latest_step() if step is None else step
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return step, restored["state"]["params"]
+  restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
+  return step, restored["params"]
+
+
+def saved_run(workdir: str, step: int) -> dict:
+  """The run item of a checkpoint step: processes, devices and mesh that wrote it."""
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+    path = os.path.abspath(os.path.join(workdir, "checkpoints", str(step)))
+    return checkpointer.restore(path, ocp.args.Composite(run=ocp.args.JsonRestore()))["run"]
+
+
+def finished_steps(workdir: str) -> list[int]:
+  """The finished checkpoint steps on disk (Orbax renames a step into place when complete)."""
+  directory = os.path.join(workdir, "checkpoints")
+  return sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(directory) else []
 
 
 def assert_trees_equal(a, b, atol=0.0):
