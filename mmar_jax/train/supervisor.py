@@ -28,6 +28,9 @@ LOST_EXIT = 75  # EX_TEMPFAIL: the job lost a process; rerun it to resume from t
 _GLOG = re.compile(rb"[IWEF]\d{4} \d\d:\d\d:\d\d")  # A glog / absl log line's start, e.g. 'E1202 13:51:19'.
 _GLOG_START = re.compile(rb"[IWEF]\d{0,4}( (\d\d?(:\d{0,2}){0,2})?)?$")  # What could still become one.
 _DISTRIBUTED = re.compile(rb"coordination|distributed|heartbeat|preemption|Gloo|Terminating process", re.I)
+# A warning that the service is gone (e.g. the preemption watcher's 'UNAVAILABLE: Socket closed'
+# when process 0 dies) is the first sign of a loss, ahead of the fatal log.
+_UNREACHABLE = re.compile(rb"UNAVAILABLE|Socket closed|unhealthy", re.I)
 
 
 def is_child(env=os.environ) -> bool:
@@ -115,7 +118,7 @@ class _Filter:
       data = data[nl + 1:]
 
   def _line(self, line: bytes) -> None:
-    if line[:1] in b"EF" and _GLOG.match(line) and _DISTRIBUTED.search(line):
+    if _GLOG.match(line) and _DISTRIBUTED.search(line) and (line[:1] in b"EF" or _UNREACHABLE.search(line)):
       self.failing = True
     if self.failing:
       self.tail.append(line.decode(errors="replace"))

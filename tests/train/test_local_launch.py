@@ -62,7 +62,7 @@ def one_process_reference(workdir: str):
   tokenizer_params = jax.device_put(run.exp.image_tokenizer_params(), NamedSharding(run.mesh, PartitionSpec()))
   rules = config.mesh.logical_axis_rules
   with sharding.activate(run.mesh, rules):
-    jitted = jax.jit(train_step, in_shardings=(run.state_shardings, pipeline.batch_sharding(run.mesh), None),
+    jitted = jax.jit(train_step, in_shardings=(run.state_shardings, pipeline.batch_sharding(run.mesh, rules), None),
                      out_shardings=(run.state_shardings, None), donate_argnums=0)
   losses, records = {}, [set(), set()]
   with sharding.activate(run.mesh, rules):
@@ -71,7 +71,7 @@ def one_process_reference(workdir: str):
       for i, part in enumerate(parts):
         records[i] |= set(part["record_index"][part["record_index"] >= 0].tolist())
       batch = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-      state, metrics = jitted(state, pipeline.to_global(batch, run.mesh), tokenizer_params)
+      state, metrics = jitted(state, pipeline.to_global(batch, run.mesh, rules), tokenizer_params)
       losses[step] = float(metrics["loss"])
   return losses, state, records
 

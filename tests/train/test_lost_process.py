@@ -119,3 +119,17 @@ def test_filter_passes_output_and_holds_back_jax_fatal_log(tmp_path):
   assert details.getvalue().startswith(b"E1202 13:50:19.2 1 coordination_service.cc:1] Polled an error (stopped "
                                        b"sending heartbeats):\n1\nF1202")
   assert b"  @ 0x1\n" in details.getvalue()
+
+
+def test_filter_holds_back_the_warning_that_the_service_is_gone():
+  import io
+  out, details = io.BytesIO(), io.BytesIO()
+  f = supervisor._Filter(out, details)  # noqa: SLF001
+  f.feed(b"W1202 15:54:01.1 1 client.cc:1] distributed: a harmless warning\n")  # Passes: no sign of a loss.
+  # When process 0 dies, the preemption watcher's warning comes first (seen with jax 0.10.2).
+  f.feed(b"W1202 15:54:02.6 1 preemption_sync_manager.cc:147] Failed to retrieve preemption notice from "
+         b"coordination service: UNAVAILABLE: Socket closed\nAdditional GRPC error information from remote target "
+         b"coordination_service while calling /xla.coordination.CoordinationService/GetKeyValue:\n")
+  f.close()
+  assert out.getvalue() == b"W1202 15:54:01.1 1 client.cc:1] distributed: a harmless warning\n"
+  assert details.getvalue().startswith(b"W1202 15:54:02.6") and b"coordination_service while" in details.getvalue()
