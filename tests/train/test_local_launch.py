@@ -1,10 +1,14 @@
-"""launch/local.sh: two real processes of 4 CPU devices train as one process of 8 fed the same batch."""
+"""launch/local.sh: two real processes of 4 CPU devices train as one process of 8 fed the same batch;
+their checkpoint resumes in one process of 8 devices, whose checkpoint two processes resume in turn,
+and SIGTERM to the launch makes both save and exit 0. One journey, in the order a user meets it:
+each resume names what changed, and every process start costs tens of seconds on 2 cores."""
 
 from __future__ import annotations
 
 import glob
 import os
 import re
+import signal
 import struct
 import subprocess
 import sys
@@ -76,18 +80,9 @@ def one_process_reference(workdir: str):
   return losses, state, records
 
 
-def saved_state(workdir: str, like):
-  """A run's newest checkpoint placed like `like` (a two-process checkpoint needs a target)."""
-  import orbax.checkpoint as ocp
-  mngr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
-                               options=ocp.CheckpointManagerOptions(read_only=True))
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
-  step = mngr.latest_step()
-  return step, mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
-
-
 @pytest.mark.slow
-def test_two_local_processes_train_as_one_process_fed_the_same_batch(tmp_path):
+def test_two_local_processes_train_as_one_then_resume_in_one_and_back_in_two(tmp_path):
+  from mmar_jax import checkpoint
   workdir = str(tmp_path / "two")
   result = launch(2, *tiny.cli_args(workdir, *EXTRA)[1:])
   assert result.returncode == 0, result.stdout + result.stderr
@@ -97,6 +92,9 @@ def test_two_local_processes_train_as_one_process_fed_the_same_batch(tmp_path):
   assert "train: 100%" in logs[0] and "train:" not in logs[1] and "finished at step" not in logs[1]
   files, scalars = tensorboard_scalars(workdir)
   assert files == 1
+  names = os.listdir(os.path.join(workdir, "checkpoints", str(STEPS), "data"))
+  assert sorted(n for n in names if n.startswith("process_")) == ["process_0-of-2.json", "process_1-of-2.json"]
+  assert tiny.saved_run(workdir, STEPS)["process_count"] == 2
 
   losses, state, records = one_process_reference(str(tmp_path / "one"))
   # The hosts' parts are disjoint: every record of a global batch comes from one host only.
@@ -106,9 +104,44 @@ def test_two_local_processes_train_as_one_process_fed_the_same_batch(tmp_path):
   assert sorted(scalars["loss"]) == list(range(1, STEPS + 1))
   for step, loss in losses.items():
     assert abs(scalars["loss"][step] - loss) <= 1e-5, (step, scalars["loss"][step], loss)
-  step, saved = saved_state(workdir, state)
-  assert step == STEPS
-  tiny.assert_trees_equal(jax.device_get(saved.params), jax.device_get(state.params), atol=1e-5)
+  # The two-process checkpoint opens in this one process, onto its first device.
+  saved, _, step = checkpoint.load_params(workdir)
+  assert step == STEPS and all(x.devices() == {jax.devices()[0]} for x in jax.tree.leaves(saved))
+  tiny.assert_trees_equal(jax.device_get(saved), jax.device_get(state.params), atol=1e-5)
+
+  # One process with 8 devices resumes it at the next step, not 0.
+  out = tiny.run(workdir, *EXTRA, f"train.num_steps={STEPS + 2}")
+  assert re.search(rf"^resumed from step {STEPS}$", out, re.M), out
+  # Step 4 of 8 rows: 32 records into the shuffled order, all of them in one process's slice now.
+  assert (f"checkpoint step {STEPS} was written with processes 2 (now 1): parameters, optimizer state, step and RNG "
+          "restored exactly; the data iterator's per-process state does not map onto 1 process(es), so each "
+          "host's stream restarts at record 32 of its slice") in out
+  assert f"finished at step {STEPS + 2}" in out
+  assert tiny.saved_run(workdir, STEPS + 2) == {"process_count": 1, "device_count": 8, "global_batch": 8,
+                                                "data_start": 32, "mesh": {"data": 8, "fsdp": 1, "tensor": 1}}
+  resumed, _, _ = checkpoint.load_params(os.path.join(workdir, "checkpoints", str(STEPS + 2)))
+  assert not np.array_equal(jax.tree.leaves(resumed)[0], jax.tree.leaves(saved)[0])  # It trained on.
+
+  # Two processes resume that (the other way round) and run until a scheduler's SIGTERM reaches
+  # local.sh: through each supervisor to its child; both save and exit 0.
+  proc = subprocess.Popen(["bash", SCRIPT, "2", *tiny.cli_args(workdir, *EXTRA, "train.num_steps=10000")[1:]],
+                          env=dict(os.environ, PYTHON=sys.executable, MMAR_LOCAL_DEVICES="4"),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    tiny.wait_for_step(workdir, STEPS + 4, proc, timeout=600)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=180)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 0, out
+  log = open(os.path.join(workdir, "launch_logs", "process_0.log")).read()
+  assert re.search(rf"^resumed from step {STEPS + 2}$", log, re.M), log
+  assert f"checkpoint step {STEPS + 2} was written with processes 1 (now 2)" in log and "restarts at record 24 " in log
+  match = re.search(r"preempted \(SIGTERM\) at step (\d+); checkpoint saved", log)
+  assert match, log
+  saved_at = int(match.group(1))
+  assert saved_at >= STEPS + 4 and tiny.saved_run(workdir, saved_at)["data_start"] == 24
 
 
 @pytest.mark.parametrize("args, says", [
@@ -127,29 +160,3 @@ def test_local_launch_checks_its_arguments(args, says):
 
 def test_local_launch_parses():
   assert subprocess.run(["bash", "-n", SCRIPT]).returncode == 0
-
-
-@pytest.mark.slow
-def test_sigterm_to_the_launch_saves_on_every_process_and_exits_0(tmp_path):
-  import signal
-  import time
-  workdir = str(tmp_path)
-  env = dict(os.environ, PYTHON=sys.executable, MMAR_LOCAL_DEVICES="4")
-  proc = subprocess.Popen(["bash", SCRIPT, "2", *tiny.cli_args(workdir, "train.num_steps=10000",
-                                                                "train.checkpoint_every=2")[1:]],
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  try:
-    deadline = time.monotonic() + 600
-    while not os.path.isdir(os.path.join(workdir, "checkpoints", "2")):
-      assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-      time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)  # As a scheduler's preemption notice: through each supervisor to its child.
-    out, _ = proc.communicate(timeout=180)
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-  assert proc.returncode == 0, out
-  log = open(os.path.join(workdir, "launch_logs", "process_0.log")).read()
-  match = re.search(r"preempted \(SIGTERM\) at step (\d+); checkpoint saved", log)
-  assert match, log
-  assert os.path.isdir(os.path.join(workdir, "checkpoints", match.group(1)))
