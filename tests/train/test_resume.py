@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,9 +52,11 @@ def kill_after_first_checkpoint(workdir: str, *extra: str) -> int:
   return steps[-1]
 
 
-def test_sigkill_after_checkpoint_then_resume_is_bit_identical(tmp_path, uninterrupted):
-  workdir = str(tmp_path)
-  last = kill_after_first_checkpoint(workdir)
+def test_sigkill_then_resume_is_bit_identical_and_on_another_mesh_within_float_tolerance(tmp_path, uninterrupted):
+  workdir, elsewhere = str(tmp_path / "same"), str(tmp_path / "other_mesh")
+  last = kill_after_first_checkpoint(workdir, "mesh.data=8")
+  shutil.copytree(workdir, elsewhere)  # The same interrupted run, resumed twice.
+
   out = tiny.run(workdir, f"train.num_steps={N}")
   assert resumed_from(out) == last
   assert f"finished at step {N}" in out
@@ -61,36 +64,19 @@ def test_sigkill_after_checkpoint_then_resume_is_bit_identical(tmp_path, uninter
   assert step == N
   tiny.assert_trees_equal(params, uninterrupted)
 
-
-def test_resume_on_another_mesh_matches_within_float_tolerance(tmp_path, uninterrupted):
-  workdir = str(tmp_path)
-  last = kill_after_first_checkpoint(workdir, "mesh.data=8")
-  out = tiny.run(workdir, f"train.num_steps={N}", "mesh.data=1", "mesh.fsdp=4", "mesh.tensor=2")
+  out = tiny.run(elsewhere, f"train.num_steps={N}", "mesh.data=1", "mesh.fsdp=4", "mesh.tensor=2")
   assert resumed_from(out) == last
   assert (f"checkpoint step {last} was written with mesh data=8,fsdp=1,tensor=1 (now data=1,fsdp=4,tensor=2): "
           "parameters, optimizer state, step, RNG and the data order restored exactly") in out
-  step, params = tiny.saved_params(workdir)
+  step, params = tiny.saved_params(elsewhere)
   # The compared parameters are those the run on the other mesh trained and saved.
-  assert step == N and tiny.saved_run(workdir, N)["mesh"] == {"data": 1, "fsdp": 4, "tensor": 2}
+  assert step == N and tiny.saved_run(elsewhere, N)["mesh"] == {"data": 1, "fsdp": 4, "tensor": 2}
   tiny.assert_trees_equal(params, uninterrupted, atol=1e-5)
 
 
-def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
-  workdir = str(tmp_path)
-  proc = tiny.start(workdir, "train.num_steps=100000", "train.checkpoint_every=2")
-  tiny.wait_for_step(workdir, 2, proc)  # Training runs: its first checkpoint is on disk.
-  proc.send_signal(signal.SIGTERM)
-  out, _ = proc.communicate(timeout=120)
-  assert proc.returncode == 0, out
-  step = int(re.search(r"preempted \(SIGTERM\) at step (\d+)", out).group(1))
-  assert 2 <= step < 100000 and tiny.finished_steps(workdir)[-1] == step
-  out = tiny.run(workdir, f"train.num_steps={step + 2}")
-  assert resumed_from(out) == step
-  assert f"finished at step {step + 2}" in out
-
-
-def test_a_save_killed_mid_write_is_named_on_resume(tmp_path):
-  """SIGKILL the moment Orbax's temporary step directory appears; the resume names that step."""
+def test_a_save_killed_mid_write_is_named_on_resume_and_sigterm_then_saves(tmp_path):
+  """SIGKILL the moment Orbax's temporary step directory appears; the resume names that step; SIGTERM
+  to the resumed run saves a checkpoint and exits 0."""
   workdir = str(tmp_path)
   directory = os.path.join(workdir, "checkpoints")
   for _ in range(3):  # The rename can win the race against the kill; then try again (a resume).
@@ -111,10 +97,16 @@ def test_a_save_killed_mid_write_is_named_on_resume(tmp_path):
   assert left, "no save was caught in flight in 3 tries"
   last = tiny.finished_steps(workdir)[-1]
   assert left == [last + 1]
-  out = tiny.run(workdir, f"train.num_steps={last + 2}")
+  # The resumed run goes on until a scheduler's SIGTERM: it saves at the next step and exits 0.
+  proc = tiny.start(workdir, "train.num_steps=100000", "train.checkpoint_every=1")
+  tiny.wait_for_step(workdir, last + 2, proc)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out
   assert re.search(rf"^resumed from step {last}; later save of step {last + 1} never finished$", out, re.M), out
   assert not [n for n in os.listdir(directory) if TMP.match(n)]  # Orbax cleaned it up.
-  assert tiny.finished_steps(workdir)[-1] == last + 2
+  step = int(re.search(r"preempted \(SIGTERM\) at step (\d+); checkpoint saved", out).group(1))
+  assert last + 2 <= step < 100000 and tiny.finished_steps(workdir)[-1] == step
 
 
 def corrupt(workdir: str, step: int) -> None:
@@ -125,11 +117,21 @@ def corrupt(workdir: str, step: int) -> None:
         f.truncate(0)
 
 
-def test_unreadable_newest_step_is_moved_aside_and_recomputed(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def four_steps(tmp_path_factory) -> str:
+  """A run trained in this process to step 4, checkpointed at 2 and 4; tests copy it."""
+  from mmar_jax.train import loop
+  workdir = str(tmp_path_factory.mktemp("four") / "run")
+  loop.train(tiny.config("train.checkpoint_every=2", "train.num_steps=4"), workdir)
+  return workdir
+
+
+def test_unreadable_newest_step_is_moved_aside_and_recomputed(tmp_path, capsys, four_steps):
   from mmar_jax import checkpoint
   from mmar_jax.train import loop
-  workdir = str(tmp_path)
-  loop.train(tiny.config("train.checkpoint_every=2", "train.num_steps=4"), workdir)
+  workdir = str(tmp_path / "run")
+  shutil.copytree(four_steps, workdir)
+  capsys.readouterr()
   corrupt(workdir, 4)
   result = loop.train(tiny.config("train.checkpoint_every=2", "train.num_steps=5"), workdir)
   out = capsys.readouterr().out
@@ -144,10 +146,9 @@ def test_unreadable_newest_step_is_moved_aside_and_recomputed(tmp_path, capsys):
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "corrupt", aside[0], "train_state"))
 
 
-def test_no_readable_step_is_an_error_naming_each_unless_starting_over(tmp_path):
-  from mmar_jax.train import loop
-  workdir = str(tmp_path)
-  loop.train(tiny.config("train.checkpoint_every=2", "train.num_steps=4"), workdir)
+def test_no_readable_step_is_an_error_naming_each_unless_starting_over(tmp_path, four_steps):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(four_steps, workdir)
   corrupt(workdir, 2)
   corrupt(workdir, 4)
   args = [sys.executable, "-m", "mmar_jax.cli.main", *tiny.cli_args(workdir, "train.num_steps=4", "train.checkpoint_every=2")]
