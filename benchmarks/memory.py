@@ -9,7 +9,9 @@ inputs (ShapeDtypeStructs with shardings), so even 7B parameters are never mater
 Parameters and optimizer state per device are summed from their shardings (shard shape x item
 size); activations and other temporaries are XLA's `memory_analysis().temp_size_in_bytes`.
 Each device gets a micro-batch of one row of data.seq_len tokens. Images enter as precomputed
-KL-16 latents (the latent cache), so the frozen VAE's encoder is not in the step.
+KL-16 latents (the latent cache), so the frozen VAE's encoder is not in the step. The optimizer
+is the loop's (`loop.build_optimizer`): under a LoRA preset the base weights have no moments.
+benchmarks/scale_plan.py reuses `build`, `shard`, `layout` and `compile_step`.
 
 The simulated devices are XLA:CPU's: its memory analysis estimates what a TPU or GPU would
 need (its fusions, layouts and bfloat16 handling differ), so read the figures as +-20-30%.
@@ -20,8 +22,10 @@ from __future__ import annotations
 import os
 import sys
 
-# Must precede the jax import: 256 fake CPU devices to lay meshes over.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=256").strip()
+# Must precede the first use of a jax backend: 256 fake CPU devices to lay meshes over, unless the
+# importer (a test's 8) already chose a count; its child processes inherit XLA_FLAGS.
+if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=256").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -32,13 +36,13 @@ import time  # noqa: E402
 import jax  # noqa: E402
 
 from mmar_jax import configs  # noqa: E402
-from mmar_jax.data import pipeline  # noqa: E402
+from mmar_jax.data import pipeline, text_tokenizer  # noqa: E402
 from mmar_jax.models import tokenizers  # noqa: E402
 from mmar_jax.models.mmar import MMAR, MMARConfig  # noqa: E402
-from mmar_jax.train import experiment, optimizer, sharding  # noqa: E402
+from mmar_jax.train import experiment, loop, optimizer, sharding  # noqa: E402
+from mmar_jax.train import mesh as mesh_lib  # noqa: E402
 from mmar_jax.train import state as state_lib  # noqa: E402
 from mmar_jax.train import step as step_lib  # noqa: E402
-from mmar_jax.train import mesh as mesh_lib
 
 GIB = 2**30
 CHIPS = (("v5e 16 GiB", 16 * GIB), ("H100 80 GB", 80e9))
@@ -46,10 +50,13 @@ CHIPS = (("v5e 16 GiB", 16 * GIB), ("H100 80 GB", 80e9))
 
 def build(config) -> experiment.Experiment:
   """The experiment without its text tokenizer (the Qwen2 files need not be on disk): only the
-  model and the image tokenizer take part in compiling the step; any id works as the mask id."""
-  model = MMAR(MMARConfig.from_config(config, config.model.vocab_size - 1))
+  model and the image tokenizer take part in compiling the step. Any ids work for the special
+  tokens (the vocabulary's last six): they only pick which embedding rows LoRA trains."""
+  last = config.model.vocab_size - 1
+  ids = text_tokenizer.SpecialIds(*range(last - 5, last + 1))
+  model = MMAR(MMARConfig.from_config(config, ids.mask))
   image = tokenizers.make_tokenizer(tokenizers.TokenizerConfig.from_config(config))
-  return experiment.Experiment(config=config, text_tokenizer=None, special_ids=None, model=model,
+  return experiment.Experiment(config=config, text_tokenizer=None, special_ids=ids, model=model,
                                image_tokenizer=image)
 
 
@@ -62,23 +69,35 @@ def whole_bytes(tree) -> int:
   return sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
+def shard(config, exp, tx, shape: tuple[int, int, int]):
+  """The (data, fsdp, tensor) mesh of `shape` over the first devices and the state's shardings on
+  it; ConfigError when a mesh axis does not divide a parameter dimension it shards."""
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = shape
+  mesh = mesh_lib.make_mesh(config, jax.devices()[:math.prod(shape)])
+  return mesh, state_lib.shardings(exp.init_params, tx, mesh, config.mesh.logical_axis_rules)
+
+
 def layout(config, exp, tx, k: int, tensor: int):
   """(data, fsdp, tensor) over k devices with `tensor`-way TP; FSDP as wide as the widths allow."""
   fsdp = k // tensor
   while fsdp >= 1:
-    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = k // (fsdp * tensor), fsdp, tensor
-    mesh = mesh_lib.make_mesh(config, jax.devices()[:k])
     try:
-      return mesh, state_lib.shardings(exp.init_params, tx, mesh, config.mesh.logical_axis_rules)
+      return shard(config, exp, tx, (k // (fsdp * tensor), fsdp, tensor))
     except configs.ConfigError:
       fsdp //= 2  # A width this many ways does not split evenly: move a factor to data.
   raise SystemExit(f"no layout of {k} devices with tensor={tensor}")
 
 
 def measure(config, exp, k: int, tensor: int) -> dict:
-  tx = optimizer.make_optimizer(config.train)
+  tx = loop.build_optimizer(exp, config)
   mesh, shardings = layout(config, exp, tx, k, tensor)
-  rows = mesh.shape["data"] * mesh.shape["fsdp"]  # One row per device of the batch axes.
+  return compile_step(config, exp, tx, mesh, shardings)
+
+
+def compile_step(config, exp, tx, mesh, shardings, rows_per_shard: int = 1) -> dict:
+  """Compiles the train step on `mesh` (nothing runs) with `rows_per_shard` rows for each device
+  of the batch axes (data x fsdp; tensor-parallel peers share theirs); bytes per device."""
+  rows = mesh.shape["data"] * mesh.shape["fsdp"] * rows_per_shard
   config.data.batch_size = rows
   abstract_state = state_lib.abstract(exp.init_params, tx, config.seed, shardings)
   inputs, image_tokens, _ = exp.dummy_inputs(rows)
@@ -96,10 +115,10 @@ def measure(config, exp, k: int, tensor: int) -> dict:
   # Peak: inputs + outputs not aliased to (donated) inputs + temporaries.
   peak = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes - analysis.alias_size_in_bytes
           + analysis.temp_size_in_bytes)
-  return dict(mesh=dict(mesh.shape), params=sharded_bytes(abstract_state.params),
+  return dict(mesh=dict(mesh.shape), rows_per_shard=rows_per_shard, params=sharded_bytes(abstract_state.params),
               params_whole=whole_bytes(abstract_state.params), opt=sharded_bytes(abstract_state.opt_state),
               opt_whole=whole_bytes(abstract_state.opt_state), temp=analysis.temp_size_in_bytes, peak=peak,
-              compile_s=seconds)
+              compile_s=seconds, compiled=compiled)
 
 
 def main():
