@@ -12,7 +12,8 @@ compile the same tiny step, and a cached executable starts one in 11 s instead o
 cores. Child processes inherit it through the environment.
 
 The demo test's training starts in the background once collection selects it (see
-tests/train/test_demo.py), and is ended, if still running, when the session ends.
+tests/train/test_demo.py); the test itself runs last, and the training is ended, if still
+running, when the session ends.
 """
 
 import os
@@ -38,6 +39,13 @@ assert jax.device_count() == 8, f"expected 8 fake CPU devices, got {jax.devices(
 
 
 DEMO_TEST = "tests/train/test_demo.py::"
+
+
+def pytest_collection_modifyitems(session, config, items):
+  """The demo test waits for the background training: run it last, so that every other test
+  overlaps that training instead of some of them queueing behind the wait."""
+  del session, config
+  items.sort(key=lambda item: item.nodeid.startswith(DEMO_TEST))  # Stable: the others keep their order.
 
 
 def pytest_collection_finish(session):

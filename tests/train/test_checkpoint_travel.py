@@ -30,24 +30,32 @@ pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROMPT = "a red circle at the left"
 FAST = ("--steps=3", "--sampling-steps=5")
-# The tokens that a generate call on the trained checkpoint draws for PROMPT, seed 0 (as the CLI's
-# first batch: fold_in(key(0), 0)), written to argv[2] as .npy.
+
+
+def generated_tokens(workdir: str) -> tuple[np.ndarray, int]:
+  """The tokens a generate call on the trained checkpoint draws for PROMPT, seed 0 (as the CLI's
+  first batch: fold_in(key(0), 0)), and this process's device count."""
+  import jax
+  from mmar_jax.cli import checkpoint_arg
+  from mmar_jax.infer import generate_image
+  trained = checkpoint_arg.load(workdir, None)
+  exp = trained.exp
+  settings = generate_image.generation_settings(exp.config, num_steps=3, num_sampling_steps=5)
+  ids = text_tokenizer.encode_words(exp.text_tokenizer, PROMPT, "prompt")
+  tokens = generate_image.generate(exp.model, trained.params, [ids], exp.special_ids,
+                                   jax.random.fold_in(jax.random.key(0), 0), **settings)
+  return np.asarray(jax.device_get(tokens)), jax.device_count()
+
+
+# generated_tokens in a fresh process: argv[1] the workdir, argv[2] the .npy to write.
 TOKENS_SCRIPT = """
 import sys
-import jax
 import numpy as np
-from mmar_jax.cli import checkpoint_arg
-from mmar_jax.data import text_tokenizer
-from mmar_jax.infer import generate_image
-trained = checkpoint_arg.load(sys.argv[1], None)
-exp = trained.exp
-settings = generate_image.generation_settings(exp.config, num_steps=3, num_sampling_steps=5)
-ids = text_tokenizer.encode_words(exp.text_tokenizer, %r, "prompt")
-tokens = generate_image.generate(exp.model, trained.params, [ids], exp.special_ids,
-                                 jax.random.fold_in(jax.random.key(0), 0), **settings)
-np.save(sys.argv[2], np.asarray(jax.device_get(tokens)))
-print("devices", jax.device_count())
-""" % PROMPT
+from tests.train.test_checkpoint_travel import generated_tokens
+tokens, devices = generated_tokens(sys.argv[1])
+np.save(sys.argv[2], tokens)
+print("devices", devices)
+"""
 
 
 def env(devices: int, workdir) -> dict[str, str]:
@@ -88,21 +96,20 @@ def test_a_run_trained_on_8_devices_opens_on_1_elsewhere_after_a_move(tmp_path):
   shutil.move(str(train_dir / "run"), str(workdir))
   shutil.rmtree(train_dir)
 
-  tokens_8 = tmp_path / "tokens_8.npy"
-  assert "devices 8" in run([sys.executable, "-c", TOKENS_SCRIPT, str(workdir), str(tokens_8)], cwd=elsewhere,
-                            devices=8, workdir=workdir)
+  tokens_8, devices = generated_tokens(str(workdir))  # In this process, with the session's 8 devices.
+  assert devices == 8
   tokens_1 = tmp_path / "tokens_1.npy"
   assert "devices 1" in run([sys.executable, "-c", TOKENS_SCRIPT, str(workdir), str(tokens_1)], cwd=elsewhere,
                             devices=1, workdir=workdir)
   # The same program on one device either way, only the process's device count differs: equal up
   # to float32 rounding of a few ulps (1e-4 leaves room for a reassociated sum over the width of 32).
-  np.testing.assert_allclose(np.load(tokens_1), np.load(tokens_8), atol=1e-4, rtol=0)
+  np.testing.assert_allclose(np.load(tokens_1), tokens_8, atol=1e-4, rtol=0)
 
   out = mmar_jax("generate", f"--ckpt={workdir}", f"--prompt={PROMPT}", "--num-images=1", *FAST, "--seed=0",
                  "--out=gen.png", cwd=elsewhere, devices=1, workdir=workdir)
   assert "checkpoint step 4" in out
   # The patch tokenizer is pixels: the CLI's image is the 8-device tokens rounded to uint8, within one level.
-  pixels = np.asarray(tokenizers.unpatchify(np.load(tokens_8), 8, (3, 3)))[0]
+  pixels = np.asarray(tokenizers.unpatchify(tokens_8, 8, (3, 3)))[0]
   expected = np.clip(np.round((pixels.astype(np.float64) + 1.0) * 127.5), 0, 255)
   got = np.asarray(Image.open(elsewhere / "gen_0.png")).astype(np.float64)
   assert np.abs(got - expected).max() <= 1
