@@ -92,6 +92,12 @@ def test_two_local_processes_train_as_one_then_resume_in_one_and_back_in_two(tmp
   assert "train: 100%" in logs[0] and "train:" not in logs[1] and "finished at step" not in logs[1]
   files, scalars = tensorboard_scalars(workdir)
   assert files == 1
+  # The scalars the README lists (no MFU: a CPU has no peak), each at every logged step.
+  listed = {"loss", "ce", "v_loss", "grad_norm", "learning_rate", "ce_weight", "diffusion_weight", "skipped",
+            "total_skips", "tokens_per_s_per_device", "images_per_s_per_device", "step_time_s",
+            "model_tflops_per_s_per_device"}
+  assert listed <= set(scalars) and "mfu" not in scalars, sorted(scalars)
+  assert all(sorted(scalars[tag]) == list(range(1, STEPS + 1)) for tag in listed)
   names = os.listdir(os.path.join(workdir, "checkpoints", str(STEPS), "data"))
   assert sorted(n for n in names if n.startswith("process_")) == ["process_0-of-2.json", "process_1-of-2.json"]
   assert tiny.saved_run(workdir, STEPS)["process_count"] == 2
