@@ -64,11 +64,14 @@ class _Preemption:
   def __exit__(self, *exc):
     signal.signal(signal.SIGTERM, self._previous)
 
-  def any_process(self) -> bool:
-    """Whether any process got the notice: all hosts must stop at the same step to save together."""
-    if jax.process_count() == 1:
-      return self.requested
-    return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
+  def stop_reason(self, out_of_time: bool) -> str | None:
+    """'preempted' when any process got the notice, else 'time_limit' when any process's clock ran
+    out (`out_of_time` here), else None. Decided together: all hosts must stop at the same step to
+    save together, and their clocks differ."""
+    flags = np.array([self.requested, out_of_time])
+    if jax.process_count() > 1:
+      flags = np.any(multihost_utils.process_allgather(flags), axis=0)
+    return "preempted" if flags[0] else "time_limit" if flags[1] else None
 
 
 def default_eval_fn(config: ml_collections.ConfigDict, workdir: str) -> EvalFn | None:
@@ -203,11 +206,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Tru
           run.save(state)
         if eval_fn is not None and t.eval_every and step % t.eval_every == 0:
           eval_fn(exp, state.params, step)
-        if preemption.any_process():
-          reason = "preempted"
-          break
-        if t.time_limit_s and time.monotonic() - start_time > t.time_limit_s:
-          reason = "time_limit"
+        stop = preemption.stop_reason(bool(t.time_limit_s) and time.monotonic() - start_time > t.time_limit_s)
+        if stop is not None:
+          reason = stop
           break
       if pending is not None:
         window.add(*pending, mngr, final=True)

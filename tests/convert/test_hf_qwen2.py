@@ -115,6 +115,27 @@ def test_export_loads_in_transformers_and_agrees(tmp_path):
   np.testing.assert_array_equal(hf_logits(reloaded, ids, mask, positions), hf_logits(model, ids, mask, positions))
 
 
+def test_sharded_directories_both_ways(tmp_path):
+  """A directory transformers sharded (index + model-*-of-*.safetensors) loads here; our sharded
+  export loads in transformers; both give the original model's logits."""
+  model, _ = make_hf_model(tmp_path)
+  model.save_pretrained(tmp_path / "hf_sharded", max_shard_size="20KB")
+  assert len(list((tmp_path / "hf_sharded").glob("model-*-of-*.safetensors"))) > 1
+  assert (tmp_path / "hf_sharded" / hf_qwen2.SAFETENSORS_INDEX).exists()
+  cfg, params = hf_qwen2.load(tmp_path / "hf_sharded", config=F32)
+  ids, mask, positions = padded_batch(np.random.default_rng(3))
+  theirs = hf_logits(model, ids, mask, positions)
+  ours = Backbone(cfg).apply({"params": params}, jnp.asarray(ids), jnp.asarray(positions),
+                             segment_ids=jnp.asarray(mask, jnp.int32)).logits
+  real = mask.astype(bool)
+  np.testing.assert_allclose(np.asarray(ours)[real], theirs[real], atol=1e-4, rtol=0)
+
+  hf_qwen2.save(cfg, params, tmp_path / "ours_sharded", max_shard_bytes=20_000)
+  assert len(list((tmp_path / "ours_sharded").glob("model-*-of-*.safetensors"))) > 1
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours_sharded", dtype=torch.float32).eval()
+  np.testing.assert_array_equal(hf_logits(reloaded, ids, mask, positions), theirs)
+
+
 def _rewrite_config(path, **changes):
   config = json.loads((path / "config.json").read_text())
   config.update(changes)
