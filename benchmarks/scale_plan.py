@@ -63,6 +63,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mmar_jax.train.metrics import PEAK_FLOPS  # noqa: E402  (MFU's data-sheet peaks: one table)
+
 GIB = 2**30
 
 
@@ -85,17 +87,17 @@ class Hardware:
 HARDWARE = {
     # cloud.google.com/tpu/docs/v5e: 197 TFLOP/s bf16, 16 GB HBM2, ICI 1,600 Gbps (400 GB/s both
     # directions) per chip over 4 ports, 256 chips in a 16 x 16 2D torus. One slice: no DCN.
-    "v5e-256": Hardware(chips=256, hbm_bytes=16e9, peak_flops=197e12, fast_link="ICI", fast_bandwidth=200e9,
+    "v5e-256": Hardware(chips=256, hbm_bytes=16e9, peak_flops=PEAK_FLOPS["TPU v5 lite"], fast_link="ICI", fast_bandwidth=200e9,
                         domain=256, ici_ports=4, torus_length=16,
                         source="cloud.google.com/tpu/docs/v5e (16x16, 4 ICI ports)"),
     # cloud.google.com/tpu/docs/v5p: 459 TFLOP/s bf16, 95 GB HBM2e, ICI 4,800 Gbps (1,200 GB/s both
     # directions) per chip over a 3D torus (6 ports). v5p-128 counts TensorCores: 4x4x4 = 64 chips.
-    "v5p-128": Hardware(chips=64, hbm_bytes=95e9, peak_flops=459e12, fast_link="ICI", fast_bandwidth=600e9,
+    "v5p-128": Hardware(chips=64, hbm_bytes=95e9, peak_flops=PEAK_FLOPS["TPU v5"], fast_link="ICI", fast_bandwidth=600e9,
                         domain=64, ici_ports=6, torus_length=4,
                         source="cloud.google.com/tpu/docs/v5p (4x4x4 = 64 chips, 128 TensorCores)"),
     # H100 SXM5: 989 TFLOP/s dense bf16 (1,979 with sparsity), 80 GB HBM3, NVLink 4 900 GB/s both
     # directions; DGX H100 / HGX nodes of 8 with one 400 Gb/s ConnectX-7 InfiniBand NIC per GPU.
-    "h100-8x8": Hardware(chips=64, hbm_bytes=80e9, peak_flops=989e12, fast_link="NVLink", fast_bandwidth=450e9,
+    "h100-8x8": Hardware(chips=64, hbm_bytes=80e9, peak_flops=PEAK_FLOPS["NVIDIA H100"], fast_link="NVLink", fast_bandwidth=450e9,
                          domain=8, slow_link="InfiniBand", slow_bandwidth=50e9,
                          source="NVIDIA H100 SXM data sheet; DGX H100 user guide (8 x CX-7 400 Gb/s)"),
 }

@@ -46,6 +46,11 @@ def hf_logits(model, ids, mask, positions):
   return out.logits.float().numpy()
 
 
+def our_logits(cfg, params, ids, mask, positions):
+  return np.asarray(Backbone(cfg).apply({"params": params}, jnp.asarray(ids), jnp.asarray(positions),
+                                        segment_ids=jnp.asarray(mask, jnp.int32)).logits)
+
+
 def padded_batch(rng):
   """Two rows, the second left-padded by 5."""
   ids = rng.integers(0, VOCAB, size=(2, 12))
@@ -65,11 +70,9 @@ def test_logits_match_transformers(tmp_path, tie, kv_heads, rope_theta, scan):
   cfg, params = hf_qwen2.load(path, config=configs.with_values({"model.dtype": "float32", "model.scan_layers": scan}))
   assert (cfg.tie_word_embeddings, cfg.num_kv_heads, cfg.rope_theta) == (tie, kv_heads, rope_theta)
   ids, mask, positions = padded_batch(np.random.default_rng(0))
-  ours = Backbone(cfg).apply({"params": params}, jnp.asarray(ids), jnp.asarray(positions),
-                             segment_ids=jnp.asarray(mask, jnp.int32)).logits
-  theirs = hf_logits(model, ids, mask, positions)
+  ours, theirs = our_logits(cfg, params, ids, mask, positions), hf_logits(model, ids, mask, positions)
   real = mask.astype(bool)  # Padding rows' logits are meaningless in both.
-  np.testing.assert_allclose(np.asarray(ours)[real], theirs[real], atol=1e-4, rtol=0)
+  np.testing.assert_allclose(ours[real], theirs[real], atol=1e-4, rtol=0)
 
 
 def test_greedy_decoding_with_kv_cache_matches_generate(tmp_path):
@@ -124,11 +127,9 @@ def test_sharded_directories_both_ways(tmp_path):
   assert (tmp_path / "hf_sharded" / hf_qwen2.SAFETENSORS_INDEX).exists()
   cfg, params = hf_qwen2.load(tmp_path / "hf_sharded", config=F32)
   ids, mask, positions = padded_batch(np.random.default_rng(3))
-  theirs = hf_logits(model, ids, mask, positions)
-  ours = Backbone(cfg).apply({"params": params}, jnp.asarray(ids), jnp.asarray(positions),
-                             segment_ids=jnp.asarray(mask, jnp.int32)).logits
+  ours, theirs = our_logits(cfg, params, ids, mask, positions), hf_logits(model, ids, mask, positions)
   real = mask.astype(bool)
-  np.testing.assert_allclose(np.asarray(ours)[real], theirs[real], atol=1e-4, rtol=0)
+  np.testing.assert_allclose(ours[real], theirs[real], atol=1e-4, rtol=0)
 
   hf_qwen2.save(cfg, params, tmp_path / "ours_sharded", max_shard_bytes=20_000)
   assert len(list((tmp_path / "ours_sharded").glob("model-*-of-*.safetensors"))) > 1

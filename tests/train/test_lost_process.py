@@ -35,12 +35,7 @@ def kill_one_and_time_the_other(workdir: str, victim: int, at_step: int) -> tupl
   other's exit: (its exit status, seconds, its stderr, the victim's stdout)."""
   procs = start_two(workdir, "train.num_steps=10000", "train.checkpoint_every=2")
   try:
-    deadline = time.monotonic() + 600
-    while not os.path.isdir(os.path.join(workdir, "checkpoints", str(at_step))):  # Renamed into place when done.
-      for proc in procs:
-        assert proc.poll() is None, f"exited ({proc.returncode}) before step {at_step}:\n{proc.communicate()}"
-      assert time.monotonic() < deadline, f"no checkpoint {at_step} after 600 s"
-      time.sleep(0.1)
+    tiny.wait_for_step(workdir, at_step, *procs, timeout=600)
     procs[victim].send_signal(signal.SIGKILL)
     killed = time.monotonic()
     survivor = procs[1 - victim]

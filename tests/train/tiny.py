@@ -45,13 +45,15 @@ def run(workdir: str, *extra: str, timeout: float = 300) -> str:
   return out
 
 
-def wait_for_step(workdir: str, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
-  """Blocks until checkpoint `step` is complete on disk (Orbax renames it into place when done)."""
+def wait_for_step(workdir: str, step: int, *procs: subprocess.Popen, timeout: float = 300) -> None:
+  """Blocks until checkpoint `step` is complete on disk (Orbax renames it into place when done),
+  failing when any of the training processes `procs` exits first."""
   path = os.path.join(workdir, "checkpoints", str(step))
   deadline = time.monotonic() + timeout
   while not os.path.isdir(path):
-    if proc.poll() is not None:
-      raise AssertionError(f"training exited ({proc.returncode}) before step {step}:\n{proc.stdout.read()}")
+    for proc in procs:
+      if proc.poll() is not None:
+        raise AssertionError(f"training exited ({proc.returncode}) before step {step}:\n{proc.communicate()}")
     if time.monotonic() > deadline:
       raise AssertionError(f"no checkpoint {step} after {timeout} s")
     time.sleep(0.05)
