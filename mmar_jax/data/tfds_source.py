@@ -3,7 +3,9 @@
 Nothing downloads: the dataset must already be prepared under `data_dir` in the array_record
 format (`tfds build NAME --file_format=array_record --data_dir=DIR`, or a builder's
 `download_and_prepare` with `file_format='array_record'`). Feature names are mapped by config:
-an image feature (pixels or encoded image bytes) and a caption and/or question / answer feature.
+an image feature (tfds.features.Image, pixels or encoded image bytes) and a caption and/or
+question / answer feature (tfds.features.Text or string tensors). TensorFlow is not needed:
+`tfds.data_source` decodes Image features with PIL and gives Text features as bytes.
 The tfds source opens lazily in each process, so grain can ship this object to its workers.
 """
 
@@ -83,6 +85,8 @@ class TfdsSource(grain.sources.RandomAccessDataSource):
       return {**record, "error": f"no feature {c.image_key!r} (config.data.tfds_image_key)"}
     if isinstance(record["image"], np.ndarray) and record["image"].dtype == object:
       record["image"] = record["image"].item()  # Encoded bytes stored as a string tensor.
+    elif isinstance(record["image"], np.ndarray) and record["image"].ndim == 3 and record["image"].shape[-1] == 1:
+      record["image"] = record["image"][..., 0]  # A grayscale Image feature is (h, w, 1); PIL reads (h, w).
     if c.caption_key:
       record["caption"] = _text(example.get(c.caption_key, ""))
     if c.question_key and c.answer_key:

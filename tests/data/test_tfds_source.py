@@ -27,11 +27,17 @@ def png(image):
   return buffer.getvalue()
 
 
-class MmarTinyShapes(tfds.core.GeneratorBasedBuilder):
-  """Twelve synthetic records: pixels, PNG bytes, caption, one question / answer pair each.
+def gray(image):
+  return np.asarray(Image.fromarray(image).convert("L"))
 
-  Tensor features rather than tfds.features.Image / Text, whose encoders need TensorFlow,
-  which this project does not install; a string tensor of PNG bytes stands for encoded images.
+
+class MmarTinyShapes(tfds.core.GeneratorBasedBuilder):
+  """Twelve synthetic records with the features `tfds build` writes: Image and Text.
+
+  Image features are given as PNG bytes or PIL images, as a builder passes downloaded files:
+  tfds stores those as they are. Only numpy arrays would need TensorFlow (tf.image.encode_png),
+  which this project does not install; reading needs none (tfds decodes with PIL). A Tensor of
+  pixels and a string tensor of PNG bytes stand for datasets that store images so.
   """
   VERSION = tfds.core.Version("1.0.0")
   # tfds looks for the builder's source files through the optional importlib_resources package
@@ -41,11 +47,13 @@ class MmarTinyShapes(tfds.core.GeneratorBasedBuilder):
 
   def _info(self):
     return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 3)),
+        "gray": tfds.features.Image(shape=(32, 32, 1)),
         "pixels": tfds.features.Tensor(shape=(32, 32, 3), dtype=np.uint8),
         "png": tfds.features.Tensor(shape=(), dtype=np.object_),
-        "text": tfds.features.Tensor(shape=(), dtype=np.str_),
-        "question": tfds.features.Tensor(shape=(), dtype=np.str_),
-        "answer": tfds.features.Tensor(shape=(), dtype=np.str_),
+        "text": tfds.features.Text(),
+        "question": tfds.features.Text(),
+        "answer": tfds.features.Text(),
         "id": tfds.features.Tensor(shape=(), dtype=np.int32)}))
 
   def _split_generators(self, dl_manager):
@@ -54,7 +62,8 @@ class MmarTinyShapes(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self):
     for i, r in enumerate(RECORDS):
-      yield i, {"pixels": r["image"], "png": png(r["image"]), "text": r["caption"], "question": r["qa"][2][0],
+      yield i, {"image": png(r["image"]), "gray": Image.fromarray(gray(r["image"])),
+                "pixels": r["image"], "png": png(r["image"]), "text": r["caption"], "question": r["qa"][2][0],
                 "answer": r["qa"][2][1], "id": i}
 
 
@@ -65,7 +74,7 @@ def data_dir(tmp_path_factory):
   return str(directory)
 
 
-@pytest.mark.parametrize("image_key", ["pixels", "png"])
+@pytest.mark.parametrize("image_key", ["image", "gray", "pixels", "png"])
 def test_tfds_records_round_trip(data_dir, image_key):
   source = TfdsSource(TfdsConfig("mmar_tiny_shapes", data_dir=data_dir, image_key=image_key, caption_key="text",
                                  question_key="question", answer_key="answer"))
@@ -75,7 +84,8 @@ def test_tfds_records_round_trip(data_dir, image_key):
   for i in range(12):
     got = decode.decode_record(source[i], 32)
     want = next(r for r in RECORDS if r["caption"] == got["caption"])
-    assert np.array_equal(got["image"], want["image"]) and got["qa"] == [want["qa"][2]]
+    pixels = gray(want["image"])[..., None].repeat(3, -1) if image_key == "gray" else want["image"]
+    assert np.array_equal(got["image"], pixels) and got["qa"] == [want["qa"][2]]
 
 
 # A worker that never answers (as when tfds's import deadlocked in it, see the next test) fails
@@ -84,7 +94,7 @@ def test_tfds_records_round_trip(data_dir, image_key):
 def test_tfds_source_through_the_pipeline_with_a_worker(data_dir):
   config = configs.load_config("configs/demo.py", [
       "data.source=tfds", "data.tfds_name=mmar_tiny_shapes", f"data.tfds_data_dir={data_dir}",
-      "data.tfds_image_key=png", "data.tfds_caption_key=text", "data.packing=False", "data.batch_size=4",
+      "data.tfds_image_key=image", "data.tfds_caption_key=text", "data.packing=False", "data.batch_size=4",
       "data.num_workers=1", "data.generation_fraction=1.0", "data.caption_dropout=0.0"])
   pc = pipeline.PipelineConfig.from_config(config)
   tok = text_tokenizer.build_demo_tokenizer()
@@ -102,7 +112,7 @@ def test_tfds_source_through_the_pipeline_with_a_worker(data_dir):
 def test_concurrent_first_reads_open_the_dataset_once(data_dir, monkeypatch):
   # As in a grain worker: an unpickled source is opened by whichever of grain's threads reads
   # first; two threads importing tfds at once can deadlock on Python 3.11 (seen in CI).
-  source = TfdsSource(TfdsConfig("mmar_tiny_shapes", data_dir=data_dir, image_key="png", caption_key="text"))
+  source = TfdsSource(TfdsConfig("mmar_tiny_shapes", data_dir=data_dir, image_key="image", caption_key="text"))
   shipped = pickle.loads(pickle.dumps(source))
   opened, data_source = [], tfds.data_source
 
