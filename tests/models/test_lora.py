@@ -15,7 +15,7 @@ import pytest
 
 from mmar_jax import configs
 from mmar_jax.models import lora
-from mmar_jax.models.backbone import Backbone, BackboneConfig
+from mmar_jax.models.backbone import Backbone, BackboneConfig, Linear
 from mmar_jax.models.mmar import MMAR, MMARConfig
 from mmar_jax.train import sharding
 from mmar_jax.train import mesh as mesh_lib
@@ -75,6 +75,19 @@ def test_a_fresh_lora_model_is_the_base_model():
   params = init()
   base = logits(BASE, without_lora(params), IDS)
   np.testing.assert_array_equal(np.asarray(logits(CFG, params, IDS)), np.asarray(base))
+
+
+def test_alpha_over_rank_scales_the_update_by_hand():
+  # One MLP projection, 2 -> 2, rank 2, alpha 6: y = x W + (6 / 2) (x A) B, numbers worked on paper.
+  cfg = dataclasses.replace(CFG, lora_rank=2, lora_alpha=6.0, lora_targets=("up",))
+  params = {"kernel": jnp.array([[1.0, 0.0], [0.0, 1.0]]), lora.LORA_A: jnp.array([[1.0, 2.0], [0.0, 1.0]]),
+            lora.LORA_B: jnp.array([[1.0, 0.0], [0.0, -1.0]])}
+  x = jnp.array([[1.0, 2.0]])
+  # x W = [1, 2]; x A = [1, 4]; times 3 = [3, 12]; times B = [3, -12]; sum [4, -10].
+  y = Linear(cfg, features=2, axes=("embed", "mlp"), target="up").apply({"params": params}, x)
+  np.testing.assert_array_equal(np.asarray(y), [[4.0, -10.0]])
+  # The merge folds the same 3 A B into the kernel: W + 3 [[1, -2], [0, -1]].
+  np.testing.assert_array_equal(np.asarray(lora.merge(params, cfg)["kernel"]), [[4.0, -6.0], [0.0, -2.0]])
 
 
 @pytest.mark.parametrize("scan", [True, False])
