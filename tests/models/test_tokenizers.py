@@ -199,10 +199,13 @@ def test_bfloat16_compute_keeps_float32_posterior_close_to_float32():
   ref_moments, moments = jax.jit(f32.moments)(params, x), jax.jit(bf16.moments)(params, x)
   round_trip = jax.jit(lambda p, x: bf16.decode(p, bf16.encode(p, x)))
   assert moments.dtype == jnp.float32 and round_trip(params, x).dtype == jnp.float32
-  # bfloat16 keeps 8 mantissa bits (relative error 2^-9 a rounding); over ~20 layers a few percent of
-  # the output's scale is the expected drift, a wrong computation would be off by its whole scale.
+  # bfloat16 keeps 8 significant bits: a rounding errs by at most 2^-8 relative, rms about
+  # 2^-8 / sqrt(3) = 0.23%. The encoder rounds some 50 times on the way (about 20 convolutions, the group
+  # norms and SiLUs between them); independent, they add in quadrature: sqrt(50) * 0.23% = 1.6%.
+  # Measured: max 1.04% of the moments' scale, rms 1.1% (0.97-1.06% max over three seeds). One
+  # extra rounding to float8_e4m3 (4 significant bits) before quant_conv gives 3.2% and fails.
   scale = float(jnp.abs(ref_moments).max())
-  assert float(jnp.abs(moments - ref_moments).max()) < 0.05 * scale
+  assert float(jnp.abs(moments - ref_moments).max()) < 0.025 * scale
 
 
 @pytest.mark.slow
