@@ -16,17 +16,22 @@ QUESTIONS = [[40, 41, 42], [43]]  # Different lengths: left padding differs per 
 STEPS = 12
 
 
-def full_recompute_greedy(model, params, image_tokens, questions, steps):
-  """`steps` greedy tokens per row, each from MMAR.__call__ over the whole sequence so far (no cache, no stop)."""
-  ids, mask, slots = describe_lib.understanding_prompts(questions, N, SPECIAL)
+def full_recompute_greedy(model, params, image_tokens, questions, steps, special=SPECIAL, pick=None):
+  """`steps` greedy tokens per row, each from MMAR.__call__ over the whole sequence so far (no cache, no stop).
+
+  `pick(logits [b, v], j)` chooses step j's tokens instead of the argmax (to sample as describe does).
+  """
+  n = image_tokens.shape[1]
+  ids, mask, slots = describe_lib.understanding_prompts(questions, n, special)
   length = ids.shape[1]
-  ids = np.concatenate([ids, np.full((len(questions), steps), SPECIAL.pad, np.int32)], 1)
+  ids = np.concatenate([ids, np.full((len(questions), steps), special.pad, np.int32)], 1)
   mask = np.concatenate([mask, np.zeros((len(questions), steps), np.int32)], 1)
-  no_generation = np.zeros((len(questions), 1, N), bool)
+  no_generation = np.zeros((len(questions), 1, n), bool)
   for j in range(steps):
     # Tokens right of the last real one are padding: causal attention never reads them.
     logits = full_forward(model, params, full_batch(ids, mask, slots), image_tokens[:, None], no_generation).logits
-    ids[:, length + j] = np.argmax(np.asarray(logits[:, length + j - 1]), -1)
+    last = logits[:, length + j - 1]
+    ids[:, length + j] = np.argmax(np.asarray(last), -1) if pick is None else np.asarray(pick(last, j))
     mask[:, length + j] = 1
   return ids[:, length:].tolist()
 
