@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 from safetensors.numpy import load_file
 
+from mmar_jax import checkpoint
+from mmar_jax.train import evaluation, experiment
 from tests.convert.test_hf_qwen2 import VOCAB, make_hf_model
 from tests.train import tiny
 
@@ -44,8 +49,35 @@ def test_init_from_hf_then_train_then_evaluate(tmp_path):
   assert "finished at step 2" in out.stdout
   out = mmar_jax("evaluate", f"--workdir={workdir}", "--samples=4")
   assert out.returncode == 0, out.stderr
-  assert "questions answered exactly" in out.stdout
-  assert os.path.isfile(os.path.join(workdir, "eval", "final_step_2.png"))
+  check_evaluate_output(workdir, 2, 4, out.stdout)
+
+
+def check_evaluate_output(workdir: str, step: int, samples: int, stdout: str) -> None:
+  """evaluate's JSON is an in-process evaluation of the same checkpoint, its table prints the JSON's
+  numbers, and its PNG holds the generated images (each at 4x, nearest, in a 4-column grid)."""
+  path = os.path.join(workdir, "eval", f"final_step_{step}")
+  with open(f"{path}.json", encoding="utf-8") as f:
+    written = json.load(f)
+  params, config, loaded_step = checkpoint.load_params(workdir, None)
+  assert loaded_step == step
+  records = evaluation.held_out_records(config, samples)
+  result = evaluation.evaluate(experiment.build(config), params, records, seed=0)
+  assert written == json.loads(json.dumps({k: v for k, v in result.items() if k != "images"}))
+  s = written["summary"]
+  for key in ("colour", "shape", "position", "size", "all", "count"):
+    printed = re.search(rf"^  {key} +([\d.]+)% +([\d.]+)%$", stdout, re.M)
+    assert printed, (key, stdout)
+    assert [float(v) for v in printed.groups()] == [round(100 * s[f"generation/{key}"], 1),
+                                                     round(100 * s[f"generation/{key}_chance"], 1)], key
+  printed = re.search(r"^questions answered exactly +([\d.]+)% +([\d.]+)%$", stdout, re.M)
+  assert [float(v) for v in printed.groups()] == [round(100 * s["understanding/accuracy"], 1),
+                                                   round(100 * s["understanding/majority_baseline"], 1)]
+  grid = np.asarray(Image.open(f"{path}.png").convert("RGB"))
+  size = 4 * result["images"].shape[1]
+  cell_w = max(size, 160)
+  for i, image in enumerate(result["images"][:16]):
+    x, y = (i % 4) * cell_w + (cell_w - size) // 2, (i // 4) * (size + 40)
+    np.testing.assert_array_equal(grid[y:y + size, x:x + size], image.repeat(4, 0).repeat(4, 1))
 
 
 def test_init_from_hf_names_an_architecture_mismatch(tmp_path):
