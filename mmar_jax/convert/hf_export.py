@@ -12,11 +12,13 @@ import, the whole table for a model trained from scratch), so the original token
 beside it carries those tokens. The tokenizer files come from the checkpoint (the workdir's
 `tokenizer/` copy, or the demo tokenizer rebuilt from code).
 
-The torch directory is the backbone directory (special rows kept) plus, with documented names:
+The torch directory is the backbone directory plus, with documented names:
   mmar_adapter.safetensors  the adapter as mmar_torch.ImageAdapter's state_dict, and
                             `image_position_embedding` [N, d] when the model has one
   mmar_head.safetensors     the diffusion head as mmar_torch.DiffusionHead's state_dict
-  mmar_config.json          everything mmar_torch needs (TORCH_FORMAT documents the keys)
+  mmar_config.json          everything mmar_torch needs (`torch_config` lists the keys)
+  mmar_jax_config.json      mmar_jax's config (LoRA folded in), for import-torch only
+The torch directory keeps the whole table, so that import-torch gives every row back.
 Torch names follow the flax ones (`blocks_0` -> `blocks.0`, `kernel` -> `weight`, transposed
 to torch's [out, in]; a LayerNorm's `scale` -> `weight`).
 """
@@ -43,6 +45,7 @@ from mmar_jax.models import lora
 from mmar_jax.models.backbone import BackboneConfig
 
 ADAPTER_FILE, HEAD_FILE, MMAR_CONFIG = "mmar_adapter.safetensors", "mmar_head.safetensors", "mmar_config.json"
+JAX_CONFIG = "mmar_jax_config.json"
 POSITIONS = "image_position_embedding"
 TORCH_FORMAT = 1  # mmar_config.json's "format"; bump when a key's meaning changes.
 _COPIED_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
@@ -73,10 +76,12 @@ def merged_backbone(params: Mapping[str, Any], config: ml_collections.ConfigDict
 
 def backbone_dir(params: Mapping[str, Any], config: ml_collections.ConfigDict, out: str | os.PathLike, *,
                  dtype: str = "float32", with_image_tokens: bool = False, max_shard_bytes: int = 5 * 2**30,
-                 overwrite: bool = False) -> tuple[int, str]:
-  """Writes the HF directory with its tokenizer files; returns (table rows written, the tokenizer's note)."""
+                 overwrite: bool = False, rows: int | None = None) -> tuple[int, str]:
+  """Writes the HF directory with its tokenizer files; returns (table rows written, the tokenizer's note).
+
+  `rows` overrides `table_rows`."""
   cfg, backbone = merged_backbone(params, config)
-  rows = table_rows(config, with_image_tokens)
+  rows = rows or table_rows(config, with_image_tokens)
   hf_qwen2.save(cfg, backbone, out, dtype=dtype, max_shard_bytes=max_shard_bytes, overwrite=overwrite,
                 vocab_size=rows)
   return rows, write_tokenizer(config, Path(out), with_image_tokens)
@@ -171,9 +176,11 @@ def torch_config(config: ml_collections.ConfigDict, rows: int) -> dict[str, Any]
 def torch_dir(params: Mapping[str, Any], config: ml_collections.ConfigDict, out: str | os.PathLike, *,
               dtype: str = "float32", overwrite: bool = False) -> None:
   """Writes the directory mmar_torch.MMARTorch.from_pretrained reads (module docstring)."""
-  mmar = torch_config(config, table_rows(config, with_image_tokens=True))  # Fails before anything is written.
+  mmar = torch_config(config, config.model.vocab_size)  # Fails before anything is written.
   out = Path(out)
-  rows, _ = backbone_dir(params, config, out, dtype=dtype, with_image_tokens=True, overwrite=overwrite)
+  # The whole table (special rows and any padding rows past them): import-torch gets every row back.
+  rows, _ = backbone_dir(params, config, out, dtype=dtype, with_image_tokens=True, overwrite=overwrite,
+                         rows=config.model.vocab_size)
   try:
     adapter = flax_to_torch(params["adapter"])
     if POSITIONS in params:
@@ -185,6 +192,43 @@ def torch_dir(params: Mapping[str, Any], config: ml_collections.ConfigDict, out:
     mmar["text"]["vocab_rows"] = rows
     mmar["dtype"] = dtype
     (out / MMAR_CONFIG).write_text(json.dumps(mmar, indent=2) + "\n")
+    # mmar_jax's own config, LoRA folded in, for import-torch (mmar_torch never reads it).
+    snapshot = ml_collections.ConfigDict(config.to_dict())
+    snapshot.model.lora.rank = 0
+    (out / JAX_CONFIG).write_text(json.dumps(snapshot.to_dict(), indent=2) + "\n")
   except BaseException:
     shutil.rmtree(out, ignore_errors=True)
     raise
+
+
+# ----------------------------------------------------------------------------- back from torch
+
+
+def flax_from_torch(state: Mapping[str, np.ndarray], target: Mapping[str, Any], prefix: str = "",
+                    file: str = "") -> dict[str, Any]:
+  """The inverse of `flax_to_torch`: `state` laid out as `target` (a tree of shaped leaves) says.
+
+  Fails naming a tensor that is missing or whose size does not fit its place in `target`.
+  """
+  out = {}
+  for key, leaf in target.items():
+    name = _torch_name(key)
+    if isinstance(leaf, Mapping):
+      out[key] = flax_from_torch(state, leaf, f"{prefix}{name}.", file)
+      continue
+    torch_name = prefix + ("weight" if key in ("kernel", "scale") else name)
+    if torch_name not in state:
+      raise ValueError(f"{file}: tensor {torch_name} is missing")
+    value, shape = np.asarray(state[torch_name]), tuple(leaf.shape)
+    transposed = key == "kernel" and not (len(shape) == 3 and prefix.endswith("o_proj."))
+    if key == "kernel":
+      flat = (shape[0], int(np.prod(shape[1:])))
+      expected = flat[::-1] if transposed else flat
+    else:
+      expected = (int(np.prod(shape)),)
+    if value.shape != expected:
+      raise ValueError(f"{file}: tensor {torch_name} has shape {value.shape}, the config implies {expected}")
+    if transposed:
+      value = value.T
+    out[key] = np.ascontiguousarray(value.reshape(shape)).astype(leaf.dtype)
+  return out

@@ -2,7 +2,8 @@
 
 `model.hf_vocab_size=39` marks the demo tokenizer's first 39 ids (its words) as the "original"
 rows and the special tokens (ids 39..44) as MMAR's own, as after an HF import whose tokenizer
-gained them: the default export keeps 39 rows, export-torch the 45 that hold `<mask>` too.
+gained them: the default export-hf keeps 39 rows, --with-image-tokens the 45 that hold `<mask>` too,
+export-torch the whole table (512 rows), so that import-torch gets every row back.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from mmar_torch.model import ExportError
 from mmar_torch.tokenizer import images_from_pixels
 from tests.export.text import our_text_logits, text_batch, torch_text_logits
 
-ROWS = 45  # export-torch keeps the special tokens' rows (tests/export/conftest.py).
+ROWS = 512  # export-torch keeps the whole table (tests/export/conftest.py).
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +154,34 @@ def test_the_torch_package_generates_where_jax_cannot_be_imported(exported):
                           timeout=300, env=dict(os.environ, PYTHONPATH=os.getcwd()))
   assert result.returncode == 0, result.stderr
   assert result.stdout.split("\n")[-2] == "(24, 24) RGB str"
+
+
+def test_export_then_import_is_bit_exact_on_every_parameter(exported, tmp_path):
+  from mmar_jax import checkpoint
+  from mmar_jax.convert import hf_export
+  from tests.export.conftest import mmar_jax
+  mmar_jax("import-torch", f"--in={exported.torch_dir}", f"--out={tmp_path / 'back'}")
+  back, config, _ = checkpoint.load_params(tmp_path / "back")
+  assert config.model.lora.rank == 0
+  _, merged = hf_export.merged_backbone(exported.params, exported.config)
+  expected = dict(exported.params, backbone=merged)
+  flat_back = dict(jax.tree_util.tree_leaves_with_path(back))
+  flat_expected = dict(jax.tree_util.tree_leaves_with_path(expected))
+  assert sorted(map(jax.tree_util.keystr, flat_back)) == sorted(map(jax.tree_util.keystr, flat_expected))
+  for path, value in flat_expected.items():
+    assert np.asarray(flat_back[path]).tobytes() == np.asarray(value).tobytes(), jax.tree_util.keystr(path)
+
+
+def test_import_of_a_misshapen_tensor_names_it_in_one_line(exported, tmp_path):
+  from tests.export.conftest import mmar_jax
+  broken = tmp_path / "broken"
+  shutil.copytree(exported.torch_dir, broken)
+  head = load_file(broken / "mmar_head.safetensors")
+  head["res_blocks.0.mlp_in.weight"] = head["res_blocks.0.mlp_in.weight"][:7].copy()
+  save_file(head, broken / "mmar_head.safetensors")
+  result = mmar_jax("import-torch", f"--in={broken}", f"--out={tmp_path / 'ckpt'}", check=False)
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  lines = [line for line in result.stderr.splitlines() if "error:" in line]
+  assert lines == ["mmar-jax import-torch: error: mmar_head.safetensors: tensor res_blocks.0.mlp_in.weight has "
+                   "shape (7, 32), the config implies (32, 32)"]
+  assert not (tmp_path / "ckpt").exists()
