@@ -141,6 +141,17 @@ def flax_to_torch(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.nda
   return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
+def vae_state_dict(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """The KL VAE's flax params as mmar_torch.vae.AutoencoderKL's state_dict (MAR's keys, NCHW kernels)."""
+  from mmar_jax.convert import vae_ckpt
+  out = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    value = np.asarray(leaf, np.float32)
+    out[vae_ckpt.torch_key(tuple(p.key for p in path))] = np.ascontiguousarray(
+        value.transpose(3, 2, 0, 1) if value.ndim == 4 else value)  # [kh, kw, I, O] -> [O, I, kh, kw]
+  return out
+
+
 def _torch_name(key: str) -> str:
   head, _, tail = key.rpartition("_")
   return f"{head}.{tail}" if head and tail.isdigit() else key
