@@ -29,8 +29,10 @@ from mmar_torch import diffusion
 from mmar_torch.adapter import ImageAdapter
 from mmar_torch.head import DiffusionHead
 from mmar_torch.tokenizer import PatchTokenizer, images_from_pixels, pixels_from_images
+from mmar_torch.vae import AutoencoderKL, KLTokenizer
 
 ADAPTER_FILE, HEAD_FILE, MMAR_CONFIG = "mmar_adapter.safetensors", "mmar_head.safetensors", "mmar_config.json"
+VAE_FILE = "mmar_vae.safetensors"
 POSITIONS = "image_position_embedding"
 PAD_MULTIPLE = 8  # As mmar_jax's prompts: padding lengths, not results, depend on it.
 
@@ -79,11 +81,14 @@ class MMARTorch(torch.nn.Module):
   """The exported model: `backbone` (Qwen2ForCausalLM), `adapter`, `head`, and the settings."""
 
   def __init__(self, backbone, adapter: ImageAdapter, head: DiffusionHead, config: dict, tokenizer: Tokenizer,
-               image_positions: torch.Tensor | None):
+               image_positions: torch.Tensor | None, vae: AutoencoderKL | None = None):
     super().__init__()
     self.backbone, self.adapter, self.head = backbone, adapter, head
     self.config, self.tokenizer = config, tokenizer
-    self.image_tokenizer = PatchTokenizer(**config["tokenizer"])
+    t = config["tokenizer"]
+    self.image_tokenizer = PatchTokenizer(**t) if vae is None else KLTokenizer(
+        vae, t["image_size"], t["latent_patch"], t["scale_factor"])
+    self.vae = vae
     self.ids = config["text"]["special_ids"]
     self.image_positions = None if image_positions is None else torch.nn.Parameter(image_positions,
                                                                                    requires_grad=False)
@@ -112,8 +117,13 @@ class MMARTorch(torch.nn.Module):
     _load_state(adapter, adapter_state, ADAPTER_FILE)
     _load_state(head, _load(os.path.join(path, HEAD_FILE)), HEAD_FILE)
     tokenizer = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
+    vae = None
+    if config["tokenizer"]["kind"] == "kl16":  # float32 whatever `dtype`: the VAE is small and frozen.
+      vae = AutoencoderKL(**config["tokenizer"]["vae"])
+      _load_state(vae, _load(os.path.join(path, VAE_FILE)), VAE_FILE)
+      vae = vae.to(device).eval()
     model = cls(backbone, adapter.to(device, dtype).eval(), head.to(device).eval(), config, tokenizer,
-                None if positions is None else positions.to(device, dtype))
+                None if positions is None else positions.to(device, dtype), vae)
     return model
 
   @property

@@ -158,7 +158,8 @@ class KLTokenizer:
   @torch.no_grad()
   def encode(self, pixels: torch.Tensor) -> torch.Tensor:
     dtype = self.vae.conv_dtype
-    mean, _ = self.vae.moments(pixels.permute(0, 3, 1, 2).to(dtype)).chunk(2, dim=1)
+    pixels = pixels.to(self.vae.post_quant_conv.weight.device, dtype)
+    mean, _ = self.vae.moments(pixels.permute(0, 3, 1, 2)).chunk(2, dim=1)
     latents = mean.permute(0, 2, 3, 1) * self.scale_factor  # [b, hz, wz, z]
     b, p, g = latents.shape[0], self.latent_patch, self.grid
     return latents.reshape(b, g, p, g, p, -1).permute(0, 1, 3, 2, 4, 5).reshape(b, g * g, -1)
@@ -168,5 +169,5 @@ class KLTokenizer:
     b, p, g = tokens.shape[0], self.latent_patch, self.grid
     latents = (tokens / self.scale_factor).reshape(b, g, g, p, p, -1).permute(0, 1, 3, 2, 4, 5)
     latents = latents.reshape(b, g * p, g * p, -1).permute(0, 3, 1, 2)
-    return self.vae.decode(latents.to(self.vae.conv_dtype)).permute(0, 2, 3, 1)
+    return self.vae.decode(latents.to(self.vae.post_quant_conv.weight.device, self.vae.conv_dtype)).permute(0, 2, 3, 1)
 

@@ -16,6 +16,8 @@ The torch directory is the backbone directory plus, with documented names:
   mmar_adapter.safetensors  the adapter as mmar_torch.ImageAdapter's state_dict, and
                             `image_position_embedding` [N, d] when the model has one
   mmar_head.safetensors     the diffusion head as mmar_torch.DiffusionHead's state_dict
+  mmar_vae.safetensors      KL-16 models only: the VAE as mmar_torch.vae.AutoencoderKL's state_dict
+                            (MAR's keys), float32
   mmar_config.json          everything mmar_torch needs (`torch_config` lists the keys)
   mmar_jax_config.json      mmar_jax's config (LoRA folded in), for import-torch only
 The torch directory keeps the whole table, so that import-torch gives every row back.
@@ -41,11 +43,13 @@ from safetensors.numpy import save_file
 from mmar_jax import configs
 from mmar_jax.convert import hf_qwen2
 from mmar_jax.data import text_tokenizer
-from mmar_jax.models import lora
+from mmar_jax.convert import vae_ckpt
+from mmar_jax.models import kl_vae, lora, tokenizers
 from mmar_jax.models.backbone import BackboneConfig
 
 ADAPTER_FILE, HEAD_FILE, MMAR_CONFIG = "mmar_adapter.safetensors", "mmar_head.safetensors", "mmar_config.json"
 JAX_CONFIG = "mmar_jax_config.json"
+VAE_FILE = "mmar_vae.safetensors"
 POSITIONS = "image_position_embedding"
 TORCH_FORMAT = 1  # mmar_config.json's "format"; bump when a key's meaning changes.
 _COPIED_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
@@ -143,7 +147,6 @@ def flax_to_torch(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.nda
 
 def vae_state_dict(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """The KL VAE's flax params as mmar_torch.vae.AutoencoderKL's state_dict (MAR's keys, NCHW kernels)."""
-  from mmar_jax.convert import vae_ckpt
   out = {}
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
     value = np.asarray(leaf, np.float32)
@@ -161,14 +164,19 @@ def torch_config(config: ml_collections.ConfigDict, rows: int) -> dict[str, Any]
   """mmar_config.json: what mmar_torch reads besides the tensors."""
   m, t, d, h = config.model, config.tokenizer, config.diffusion, config.head
   ids = special_ids(config)
-  if t.kind != "patch":
-    raise ValueError(f"config.tokenizer.kind={t.kind!r}: export-torch writes the patch tokenizer only so far "
-                     "(the KL-16 VAE has no torch side yet)")
+  tokenizer = {"kind": t.kind, "image_size": t.image_size, "num_tokens": configs.num_image_tokens(config),
+               "token_dim": configs.image_token_dim(config)}
+  if t.kind == "patch":
+    tokenizer |= {"patch_size": t.patch_size, "patch_scale": t.patch_scale}
+  else:  # kl16: the VAE's architecture; its weights are VAE_FILE.
+    v = kl_vae.VAEConfig.from_config(config)
+    tokenizer |= {"latent_patch": t.latent_patch, "scale_factor": t.scale_factor,
+                  "vae": {"channels": v.channels, "channel_mult": list(v.channel_mult),
+                          "num_res_blocks": v.num_res_blocks, "z_channels": v.z_channels,
+                          "norm_groups": v.norm_groups, "encoder_attn_levels": list(v.encoder_attn_levels)}}
   return {
       "format": TORCH_FORMAT,
-      "tokenizer": {"kind": t.kind, "image_size": t.image_size, "patch_size": t.patch_size,
-                    "patch_scale": t.patch_scale, "num_tokens": configs.num_image_tokens(config),
-                    "token_dim": configs.image_token_dim(config)},
+      "tokenizer": tokenizer,
       "text": {"vocab_rows": rows, "special_ids": dataclasses.asdict(ids),
                # The <mask> embedding is this row of the backbone's table (models/mmar.py).
                "mask_embedding_row": ids.mask},
@@ -200,6 +208,10 @@ def torch_dir(params: Mapping[str, Any], config: ml_collections.ConfigDict, out:
     save_file({k: v.astype(cast) for k, v in adapter.items()}, out / ADAPTER_FILE, metadata={"format": "pt"})
     # The head stays float32 whatever --dtype: the samplers divide by its output's small differences.
     save_file(flax_to_torch(params["head"]), out / HEAD_FILE, metadata={"format": "pt"})
+    if config.tokenizer.kind == "kl16":  # The frozen VAE, from config.tokenizer.vae_checkpoint; float32.
+      image_tokenizer = tokenizers.make_tokenizer(tokenizers.TokenizerConfig.from_config(config))
+      save_file(vae_state_dict(vae_ckpt.tokenizer_params(image_tokenizer)), out / VAE_FILE,
+                metadata={"format": "pt"})
     mmar["text"]["vocab_rows"] = rows
     mmar["dtype"] = dtype
     (out / MMAR_CONFIG).write_text(json.dumps(mmar, indent=2) + "\n")

@@ -93,7 +93,7 @@ def test_one_whole_generation_gives_the_same_tokens_and_picture(exported, ours, 
   queue = [d for step in draws for d in step]
 
   def noise(shape):  # Each AR step's draws, trimmed to the tokens that step reveals.
-    return torch.from_numpy(np.ascontiguousarray(queue.pop(0)[:, :shape[1]]))
+    return torch.from_numpy(queue.pop(0)[:, :shape[1]].copy())
 
   tokens = theirs.generate_tokens(captions, num_steps=4, sampling_steps=8, cfg_scale=3.0, temperature=0.9,
                                   sampler=sampler, order=torch.tensor(order), noise=noise)
