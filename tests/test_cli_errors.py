@@ -21,7 +21,7 @@ WITH_CONFIG = {
     "convert-vae": ["--in=I", "--out=O"],
     "prepare-data": ["--cache-latents", "--manifest=M", "--out=O"],
 }
-WITHOUT_CONFIG = ("evaluate", "generate", "describe", "export-hf")
+WITHOUT_CONFIG = ("evaluate", "generate", "describe", "export-hf", "export-torch")
 DEMO = os.path.abspath("configs/demo.py")
 
 

@@ -29,7 +29,9 @@ SUBCOMMANDS = {
     "info": ("mmar_jax.cli.info", "print a config's parameter counts and run one sharded forward pass"),
     "init-from-hf": ("mmar_jax.cli.init_from_hf", "start a training run (step 0) from Qwen2 weights, adapter and head fresh"),
     "import-hf": ("mmar_jax.cli.import_hf", "Hugging Face Qwen2 directory -> Orbax checkpoint"),
-    "export-hf": ("mmar_jax.cli.export_hf", "Orbax checkpoint -> Hugging Face Qwen2 directory"),
+    "export-hf": ("mmar_jax.cli.export_hf", "any checkpoint's backbone -> Hugging Face Qwen2 directory (LoRA merged)"),
+    "export-torch": ("mmar_jax.cli.export_torch", "any checkpoint -> a directory the PyTorch side mmar_torch loads"),
+    "import-torch": ("mmar_jax.cli.import_torch", "export-torch directory (fine-tuned in PyTorch or not) -> checkpoint"),
     "convert-vae": ("mmar_jax.cli.convert_vae", "MAR/LDM KL-VAE checkpoint (torch or safetensors) -> our VAE dir"),
     "prepare-data": ("mmar_jax.cli.prepare_data", "encode a JSONL image manifest to cached VAE latents (ArrayRecord)"),
 }
