@@ -19,8 +19,9 @@ Output, in `out_dir`:
   ([["FILE:LINE", reason], ...]), so a resumed run can report on the whole cache.
 - `cache_info.json`: the settings; a resumed run must match them.
 Shards are written to a temporary name (`.tmp`, removed on any error or interruption and at the
-next start) and renamed when complete, so a rerun skips finished shards and redoes only the rest. The posterior moments are a
-deterministic function of the image and the parameters, so reruns write the same bytes.
+next start) and renamed when complete, so a rerun skips finished shards and redoes only the rest.
+The posterior moments are a deterministic function of the image and the parameters, so reruns
+write the same bytes.
 """
 
 from __future__ import annotations
