@@ -57,3 +57,16 @@ def test_an_override_that_contradicts_config_json_is_named(hf):
     hf_import.import_backbone(str(path), config, tokenizer, overrides={"model.intermediate_size": 128})
   # The same value from the config file itself (not the user's override) is replaced without a word.
   assert hf_import.import_backbone(str(path), config, None).config.model.intermediate_size == 96
+
+
+def test_ids_inside_the_table_take_padding_rows_at_the_mean_of_the_tokenizers_rows(hf, tmp_path):
+  path, _ = hf
+  write_tokenizer(tmp_path, 90)  # As Qwen2: 90 tokens, rows 90..96 padding; <boi>, <eoi>, <mask> = 90..92.
+  imported = hf_import.import_backbone(str(path), configs.base_config(), str(tmp_path))
+  assert (imported.config.model.vocab_size, imported.config.model.hf_vocab_size) == (VOCAB, VOCAB)
+  table = load_file(str(path / "model.safetensors"))["model.embed_tokens.weight"]
+  ours = imported.params["embed_tokens"]
+  np.testing.assert_allclose(ours[90:93], np.broadcast_to(table[:90].astype(np.float64).mean(0), (3, 64)),
+                             rtol=0, atol=1e-7)
+  np.testing.assert_array_equal(np.delete(ours, [90, 91, 92], axis=0), np.delete(table, [90, 91, 92], axis=0))
+  assert imported.lines[0].endswith("set to the mean row; inside its 97 rows")
