@@ -88,8 +88,13 @@ def test_init_from_hf_reads_the_directory_as_import_hf_does_and_train_runs_with_
   for name in ("embed_tokens", "lm_head"):
     np.testing.assert_array_equal(params["backbone"][name], reference[name])
 
-  # The printed command, run as printed: train needs nothing else from the user.
+  # The printed command, run as printed: train needs nothing else from the user. Without its
+  # architecture flags, train names them (rather than calling every checkpoint unreadable).
   command = shlex.split(out.stdout.strip().splitlines()[-1])
+  bare = mmar_jax("train", "--config=configs/mmar_0p5b.py", f"--workdir={workdir}", *small)
+  assert bare.returncode == 2 and "Traceback" not in bare.stderr, bare.stderr
+  assert "holds a model other than --config's" in bare.stderr
+  assert "to resume it pass --config.model.vocab_size=128 --config.model.hidden_size=64" in bare.stderr
   assert command[:2] == ["mmar-jax", "train"]
   out = mmar_jax(*command[1:])
   assert out.returncode == 0, out.stderr
