@@ -2,10 +2,17 @@
 
 The VAE is --config's tokenizer section (kind 'kl16', vae_checkpoint set). The encoder runs
 on every device with the batch sharded over the mesh's data axes; --batch-size must be a
-multiple of the device count. Rerunning the same command resumes: finished shards are skipped.
+multiple of the device count. A bad record (not UTF-8, not JSON, a field missing, an image missing
+or undecodable) is skipped and named once as `skipped FILE:LINE: reason`; the summary at the end
+counts them by reason. Rerunning the same command resumes: finished shards are skipped, and
+SIGTERM (exit 143) or Ctrl-C (exit 130) leaves no partial shard behind.
 """
 
 from __future__ import annotations
+
+import signal
+import sys
+import threading
 
 import flax.linen as nn
 import jax
@@ -44,7 +51,21 @@ def main(argv):
   params = vae_ckpt.tokenizer_params(tokenizer)
   mesh = jax.make_mesh((n, 1, 1), configs.MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
   batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
-  with jax.set_mesh(mesh), nn.logical_axis_rules(config.mesh.logical_axis_rules):
-    paths = latent_cache.cache_latents(_MANIFEST.value, _OUT.value, tokenizer, params, batch_size=_BATCH.value,
-                                       records_per_shard=_PER_SHARD.value, sharding=batch)
-  print(f"{len(paths)} shards in {_OUT.value}")
+  terminated = threading.Event()  # A scheduler's SIGTERM: stop between batches, the shards so far kept.
+  signal.signal(signal.SIGTERM, lambda *_: terminated.set())
+  try:
+    with jax.set_mesh(mesh), nn.logical_axis_rules(config.mesh.logical_axis_rules):
+      summary = latent_cache.cache_latents(_MANIFEST.value, _OUT.value, tokenizer, params,
+                                           batch_size=_BATCH.value, records_per_shard=_PER_SHARD.value,
+                                           sharding=batch, should_stop=terminated.is_set)
+  except KeyboardInterrupt:
+    print("mmar-jax prepare-data: interrupted; the finished shards are kept, rerun the same command to resume",
+          file=sys.stderr)
+    sys.exit(130)
+  print(f"{_OUT.value}: " + "\n".join(summary.lines()))
+  if summary.stopped:
+    print("mmar-jax prepare-data: stopped by SIGTERM; rerun the same command to resume", file=sys.stderr)
+    sys.exit(143)  # 128 + SIGTERM, as if the signal had ended the process.
+  if not summary.written:
+    raise ValueError(f"--manifest={_MANIFEST.value}: no record could be cached "
+                     f"({sum(summary.skipped.values())} skipped)")

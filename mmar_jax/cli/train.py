@@ -17,6 +17,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from mmar_jax import checkpoint, configs
+from mmar_jax.convert import hf_import
 from mmar_jax.data import pipeline
 from mmar_jax.data.corrupt import CorruptDataError
 from mmar_jax.train import distributed, loop, supervisor
@@ -36,6 +37,38 @@ _NUM_PROCESSES = flags.DEFINE_integer("num-processes", None, "Processes in the j
 _PROCESS_ID = flags.DEFINE_integer("process-id", None, "This process's index (with --coordinator-address).")
 _STARTUP_ONLY = flags.DEFINE_bool("startup-only", False, "Join the job, check the mesh against the devices, print "
                                   "the start-up line and exit without training (a pod's or cluster's smoke test).")
+
+
+# The model fields that fix the parameters' shapes or what they compute (max_seq_len is only a limit).
+MODEL_FIELDS = tuple(f for f in hf_import.ARCHITECTURE_FIELDS if f != "max_seq_len") + ("lora.rank", "lora.targets")
+
+
+def _model_value(model, field: str):
+  if field == "head_dim":
+    return configs.head_dim(model)  # 0 means hidden_size // num_heads: compare what it means.
+  section, _, name = field.rpartition(".")
+  return (model[section] if section else model)[name]
+
+
+def match_checkpoint_model(config, workdir: str, steps_dir) -> None:
+  """Resuming needs --config's model to be the checkpoint's (an init-from-hf workdir's is config.json's):
+  a field that differs is named with the flag to pass, instead of every step reading as unreadable.
+  An unset hf_vocab_size is taken from the checkpoint, so that export-hf still writes HF's rows."""
+  if not steps_dir.is_dir():
+    return
+  try:
+    saved = checkpoint.load_config(workdir)
+  except Exception:  # pylint: disable=broad-except  # No step, or an unreadable newest: the restore says which.
+    return
+  differ = [f for f in MODEL_FIELDS if _model_value(config.model, f) != _model_value(saved.model, f)]
+  if differ:
+    wanted = " ".join(f"--config.model.{f}={_model_value(saved.model, f)}" for f in differ)
+    raise configs.ConfigError(f"--workdir={workdir} holds a model other than --config's ("
+                              + ", ".join(f"config.model.{f}={_model_value(config.model, f)!r}, the checkpoint's "
+                                          f"{_model_value(saved.model, f)!r}" for f in differ)
+                              + f"); to resume it pass {wanted}")
+  if not config.model.hf_vocab_size:
+    config.model.hf_vocab_size = saved.model.hf_vocab_size
 
 
 def main(argv):
@@ -60,6 +93,8 @@ def main(argv):
     steps = checkpoint.list_steps(steps_dir)
     if steps:
       raise FileExistsError(f"--noresume but {steps_dir} holds steps {steps}; choose a new --workdir")
+  if _RESUME.value:
+    match_checkpoint_model(config, workdir, steps_dir)
   try:
     result = loop.train(config, workdir, resume=_RESUME.value, start_over=_START_OVER.value,
                         eval_fn=loop.default_eval_fn(config, workdir))

@@ -56,6 +56,8 @@ def decode_record(record: dict, image_size: int) -> dict:
     return corrupt(record, "a question without an answer")
   try:
     image = load_image(record["image"], image_size)
+  except FileNotFoundError as e:
+    return corrupt(record, f"image missing: {e.strerror}: {record['image']}")
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL's ways to fail
     return corrupt(record, f"image unreadable: {type(e).__name__}: {e}")
   return {"image": image, "caption": caption, "qa": qa, "source": record.get("source", "?"),

@@ -2,28 +2,36 @@
 
 Input: a manifest as the data pipeline reads it (`data/manifest.py`: JSONL lines
 `{"image": "relative/path.png", "caption": "..."}` or LLaVA conversations), paths relative to the
-manifest's directory. Images go through the pipeline's own `decode.load_image` (MAR's centre
-crop), then are scaled to [-1, 1], so cached latents encode exactly the pixels the pipeline sees.
+manifest's directory. Records go through the pipeline's own `decode.decode_record` (MAR's centre
+crop; the same checks), then are scaled to [-1, 1], so cached latents encode exactly the pixels
+the pipeline sees and a record the pipeline would skip is skipped here.
 
 Output, in `out_dir`:
-- `latents-SSSSS-of-NNNNN.array_record`: record i of the manifest is in shard
+- `latents-SSSSS-of-NNNNN.array_record`: record i of the manifest, if good, is in shard
   i // records_per_shard. Each record is a msgpack map (`write_record` / `read_record`):
     key           str   the manifest's image path
     caption       str
+    qa            list of [question, answer] (a LLaVA conversation's turns; [] for a caption record)
     moments       float32 [h/16, w/16, 2 * z]: the posterior's [mean | logvar], unclipped, NHWC
     moments_flip  the same for the horizontally flipped image (MAR's flip augmentation, cached)
   Tokens are `KLVAE.tokens_from_moments(moments, rng)` (clip, sample, scale, group).
+- `latents-SSSSS-of-NNNNN.skipped.json`: the shard's count written and its skipped records
+  ([["FILE:LINE", reason], ...]), so a resumed run can report on the whole cache.
 - `cache_info.json`: the settings; a resumed run must match them.
-Shards are written to a temporary name and renamed when complete, so a rerun after an
-interruption skips finished shards and redoes only the rest. The posterior moments are a
-deterministic function of the image and the parameters, so reruns write the same bytes.
+Shards are written to a temporary name (`.tmp`, removed on any error or interruption and at the
+next start) and renamed when complete, so a rerun skips finished shards and redoes only the rest.
+The posterior moments are a deterministic function of the image and the parameters, so reruns
+write the same bytes.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
+import sys
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import flax.serialization
@@ -33,7 +41,7 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 from tqdm import tqdm
 
-from mmar_jax.data.decode import load_image as load_pixels
+from mmar_jax.data.decode import decode_record
 from mmar_jax.data.manifest import ManifestSource
 if TYPE_CHECKING:  # Annotations only: grain's workers import this module and need no flax models.
   from mmar_jax.models import tokenizers
@@ -45,15 +53,16 @@ def shard_name(index: int, num_shards: int) -> str:
   return f"latents-{index:05d}-of-{num_shards:05d}.array_record"
 
 
-def write_record(key: str, caption: str, moments: np.ndarray, moments_flip: np.ndarray) -> bytes:
+def write_record(key: str, caption: str, moments: np.ndarray, moments_flip: np.ndarray,
+                 qa: Sequence[tuple[str, str]] = ()) -> bytes:
   """One cached image as msgpack bytes (see the module docstring for the fields)."""
   return flax.serialization.msgpack_serialize({
-      "key": key, "caption": caption, "moments": np.asarray(moments, np.float32),
+      "key": key, "caption": caption, "qa": [[q, a] for q, a in qa], "moments": np.asarray(moments, np.float32),
       "moments_flip": np.asarray(moments_flip, np.float32)})
 
 
 def read_record(data: bytes) -> dict:
-  """The inverse of `write_record`: {'key', 'caption', 'moments', 'moments_flip'}."""
+  """The inverse of `write_record`: {'key', 'caption', 'qa', 'moments', 'moments_flip'}."""
   return flax.serialization.msgpack_restore(data)
 
 
@@ -64,28 +73,6 @@ def read_shard(path: str) -> list[dict]:
     return [read_record(r) for r in reader.read_all()]
   finally:
     reader.close()
-
-
-def read_manifest(path: str) -> list[dict]:
-  """The manifest's records ({'key', 'path', 'caption'}) through the pipeline's own ManifestSource.
-
-  The cache must be complete, so a record the source cannot parse fails here, by line.
-  """
-  source = ManifestSource(path)
-  root = os.path.dirname(os.path.abspath(path))
-  records = []
-  for i in range(len(source)):
-    record = source[i]
-    if "error" in record:
-      raise ValueError(f"{path}: record {i}: {record['error']}")
-    records.append({"key": os.path.relpath(record["image"], root), "path": record["image"],
-                    "caption": record["caption"]})
-  return records
-
-
-def load_image(path: str, image_size: int) -> np.ndarray:
-  """An RGB image as float32 [image_size, image_size, 3] in [-1, 1], cropped as the pipeline crops."""
-  return load_pixels(path, image_size).astype(np.float32) / 127.5 - 1.0
 
 
 def _encode_fn(tokenizer: tokenizers.KLVAE, sharding):
@@ -99,20 +86,53 @@ def _encode_fn(tokenizer: tokenizers.KLVAE, sharding):
   return jax.jit(encode, in_shardings=(None, sharding), out_shardings=None) if sharding else jax.jit(encode)
 
 
+@dataclasses.dataclass(frozen=True)
+class CacheSummary:
+  """What `cache_latents` did: totals over the whole cache, resumed shards included."""
+  paths: list[str]                 # every shard of the cache, in order
+  written: int                     # records in the finished shards
+  skipped: dict[str, int]          # bad records by reason (the reason's text before its first ':')
+  resumed_shards: int              # shards found finished and left untouched
+  stopped: bool                    # `should_stop` said stop before the last shard: rerun to resume
+
+  def lines(self) -> list[str]:
+    done = "stopped early (rerun the same command to resume)" if self.stopped else "complete"
+    lines = [f"{self.written} records in {len(self.paths)} shards ({done}; {self.resumed_shards} of them "
+             f"finished by an earlier run), {sum(self.skipped.values())} skipped"]
+    lines += [f"  skipped {count}: {reason}" for reason, count in sorted(self.skipped.items())]
+    return lines
+
+
+def _skip_file(path: str) -> str:
+  return path.removesuffix(".array_record") + ".skipped.json"
+
+
+def _read_skip_file(shard_path: str) -> dict:
+  with open(_skip_file(shard_path)) as f:
+    return json.load(f)
+
+
 def cache_latents(manifest: str, out_dir: str, tokenizer: tokenizers.KLVAE, params, *, batch_size: int = 8,
                   records_per_shard: int = 1024, sharding: jax.sharding.Sharding | None = None,
-                  progress: bool = True) -> list[str]:
-  """Writes the shards for `manifest` (skipping finished ones) and returns all shard paths.
+                  progress: bool = True, should_stop: Callable[[], bool] = lambda: False) -> CacheSummary:
+  """Writes the shards for `manifest` (skipping finished ones) and says what it did.
 
-  `sharding` places each pixel batch (e.g. batch over the mesh's data axes); batches are padded
-  to `batch_size` so one program is compiled.
+  Records go through the training pipeline's own decode (`decode.decode_record`), so a record
+  the pipeline would skip is skipped here: named once as `skipped FILE:LINE: reason` and counted
+  by reason, never written. Manifest record i belongs to shard i // records_per_shard whether good
+  or bad, so shards are stable across reruns; each finished shard keeps its skipped records beside
+  it (`*.skipped.json`), so a resumed run's counts cover the whole cache. `sharding` places each
+  pixel batch (e.g. batch over the mesh's data axes); batches are padded to `batch_size` so one
+  program is compiled. `should_stop` is asked between batches (a SIGTERM handler's flag): the
+  unfinished shard is then dropped and the summary says `stopped`.
   """
-  records = read_manifest(manifest)
-  if not records:
+  source = ManifestSource(manifest)
+  if not len(source):
     raise ValueError(f"{manifest} has no records")
-  num_shards = -(-len(records) // records_per_shard)
+  root = os.path.dirname(os.path.abspath(manifest))
+  num_shards = -(-len(source) // records_per_shard)
   os.makedirs(out_dir, exist_ok=True)
-  info = {"manifest": os.path.abspath(manifest), "num_records": len(records), "num_shards": num_shards,
+  info = {"manifest": os.path.abspath(manifest), "num_records": len(source), "num_shards": num_shards,
           "records_per_shard": records_per_shard, "image_size": tokenizer.image_size,
           "vae": dataclasses.asdict(tokenizer.config.vae),
           "vae_checkpoint": tokenizer.config.vae_checkpoint}
@@ -127,28 +147,72 @@ def cache_latents(manifest: str, out_dir: str, tokenizer: tokenizers.KLVAE, para
       json.dump(info, f, indent=2)
 
   paths = [os.path.join(out_dir, shard_name(i, num_shards)) for i in range(num_shards)]
-  todo = [i for i, p in enumerate(paths) if not os.path.exists(p)]
-  done_records = sum(min(records_per_shard, len(records) - i * records_per_shard)
-                     for i in range(num_shards) if i not in todo)
+  for path in paths:  # An interrupted run's partial shard: redone below, never read.
+    if os.path.exists(path + ".tmp"):
+      os.remove(path + ".tmp")
+  finished = [i for i, p in enumerate(paths) if os.path.exists(p) and os.path.exists(_skip_file(p))]
+  written, skipped = 0, collections.Counter()
+  for i in finished:
+    kept = _read_skip_file(paths[i])
+    written += kept["written"]
+    skipped.update(reason.split(":")[0] for _, reason in kept["skipped"])
   encode = _encode_fn(tokenizer, sharding)
   if isinstance(sharding, jax.sharding.NamedSharding):
     # Parameters replicated on the same mesh (loaded ones sit committed on one device).
     params = jax.device_put(params, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
-  bar = tqdm(total=len(records), initial=done_records, unit="img", desc="caching latents", disable=not progress)
-  for shard in todo:
-    chunk = records[shard * records_per_shard:(shard + 1) * records_per_shard]
-    tmp = paths[shard] + ".tmp"
-    writer = ArrayRecordWriter(tmp, "group_size:1")
-    for start in range(0, len(chunk), batch_size):
-      batch = chunk[start:start + batch_size]
-      pixels = np.zeros((batch_size, tokenizer.image_size, tokenizer.image_size, 3), np.float32)
-      for j, r in enumerate(batch):
-        pixels[j] = load_image(r["path"], tokenizer.image_size)
-      moments, moments_flip = jax.device_get(encode(params, pixels))
-      for j, r in enumerate(batch):
-        writer.write(write_record(r["key"], r["caption"], moments[j], moments_flip[j]))
-      bar.update(len(batch))
-    writer.close()
-    os.replace(tmp, paths[shard])  # Atomic: a shard under its final name is complete.
-  bar.close()
-  return paths
+  done_records = sum(len(range(i * records_per_shard, min(len(source), (i + 1) * records_per_shard)))
+                     for i in finished)
+  bar = tqdm(total=len(source), initial=done_records, unit="img", desc="caching latents", disable=not progress)
+
+  def write_batch(writer, batch):
+    pixels = np.zeros((batch_size, tokenizer.image_size, tokenizer.image_size, 3), np.float32)
+    for j, r in enumerate(batch):
+      pixels[j] = r["image"].astype(np.float32) / 127.5 - 1.0  # The VAE's [-1, 1].
+    moments, moments_flip = jax.device_get(encode(params, pixels))
+    for j, r in enumerate(batch):
+      writer.write(write_record(r["key"], r["caption"], moments[j], moments_flip[j], qa=r["qa"]))
+
+  stopped = False
+  try:
+    for shard in (i for i in range(num_shards) if i not in finished):
+      tmp, shard_written, shard_skipped, batch = paths[shard] + ".tmp", 0, [], []
+      writer = ArrayRecordWriter(tmp, "group_size:1")
+      try:
+        for index in range(shard * records_per_shard, min(len(source), (shard + 1) * records_per_shard)):
+          if should_stop():
+            stopped = True
+            break
+          record = source[index]
+          decoded = decode_record(record, tokenizer.image_size)
+          if "corrupt" in decoded:
+            where = f"{manifest}:{record.get('line', index + 1)}"
+            shard_skipped.append((where, decoded["corrupt"]))
+            skipped[decoded["corrupt"].split(":")[0]] += 1
+            tqdm.write(f"skipped {where}: {decoded['corrupt']}", file=sys.stderr)
+          else:
+            batch.append({**decoded, "key": os.path.relpath(record["image"], root)})
+          if len(batch) == batch_size:
+            write_batch(writer, batch)
+            shard_written, batch = shard_written + len(batch), []
+          bar.update(1)
+        if batch and not stopped:
+          write_batch(writer, batch)
+          shard_written += len(batch)
+      finally:
+        writer.close()
+      if stopped:
+        os.remove(tmp)
+        break
+      with open(_skip_file(paths[shard]), "w") as f:
+        json.dump({"written": shard_written, "skipped": shard_skipped}, f, indent=1)
+      os.replace(tmp, paths[shard])  # Atomic, and after its skip file: a shard under its final name is complete.
+      written += shard_written
+  except BaseException:  # An error or Ctrl-C: no partial shard is left behind.
+    for path in paths:
+      if os.path.exists(path + ".tmp"):
+        os.remove(path + ".tmp")
+    raise
+  finally:
+    bar.close()
+  return CacheSummary(paths=paths, written=written, skipped=dict(skipped), resumed_shards=len(finished),
+                      stopped=stopped)

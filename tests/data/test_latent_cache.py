@@ -61,7 +61,7 @@ def _cache(dataset, out, **kw):
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
   with jax.set_mesh(mesh), nn.logical_axis_rules(configs.DEFAULT_LOGICAL_AXIS_RULES):
     return latent_cache.cache_latents(str(root / "manifest.jsonl"), str(out), tok, params, batch_size=8,
-                                      records_per_shard=2, sharding=sharding, progress=False, **kw)
+                                      records_per_shard=2, sharding=sharding, progress=False, **kw).paths
 
 
 def test_records_hold_moments_of_the_image_and_its_mirror(dataset, tmp_path):

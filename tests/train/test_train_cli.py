@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from safetensors.numpy import load_file
 from mmar_jax import checkpoint
 from mmar_jax.train import evaluation, experiment
 from tests.convert.test_hf_qwen2 import VOCAB, make_hf_model
+from tests.convert.test_hf_vocab import write_tokenizer
 from tests.train import tiny
 
 # Each test starts several training processes (a compile each): over a minute on 2 cores.
@@ -87,3 +89,50 @@ def test_init_from_hf_names_an_architecture_mismatch(tmp_path):
                  *overrides)
   assert out.returncode == 2
   assert "config.model.intermediate_size=128" in out.stderr
+
+
+def test_init_from_hf_reads_the_directory_as_import_hf_does_and_train_runs_with_the_printed_flags(tmp_path):
+  """The LoRA preset (mmar_0p5b: LoRA on, rank shrunk to fit the tiny model; its architecture from
+  config.json, none given)."""
+  _, hf_dir = make_hf_model(tmp_path)
+  write_tokenizer(tmp_path, VOCAB)  # <boi>, <eoi>, <mask> take 97..99, past the table: it grows to 128.
+  tok = str(tmp_path / "tokenizer.json")
+  arch = {"model.num_layers", "model.hidden_size", "model.intermediate_size", "model.num_heads", "model.num_kv_heads"}
+  small = [f"--config.{o}" for o in tiny.OVERRIDES + ("train.num_steps=2", "tokenizer.kind=patch",
+                                                     "tokenizer.dtype=float32", "model.lora.rank=8",
+                                                     f"data.tokenizer={tok}")
+           if o.split("=")[0] not in arch]
+  ckpt, workdir = str(tmp_path / "ckpt"), str(tmp_path / "run")
+  out = mmar_jax("import-hf", f"--hf-dir={hf_dir}", f"--out={ckpt}", f"--tokenizer={tok}",
+                 "--config=configs/mmar_0p5b.py", *small)
+  assert out.returncode == 0, out.stderr
+  out = mmar_jax("init-from-hf", f"--hf-dir={hf_dir}", f"--workdir={workdir}", "--config=configs/mmar_0p5b.py",
+                 *small)
+  assert out.returncode == 0, out.stderr
+  assert "special tokens take ids [97, 98, 99]" in out.stdout and "hf_vocab_size 97" in out.stdout
+  imported, initialised = checkpoint.load_config(ckpt).model, checkpoint.load_config(workdir).model
+  assert initialised.to_dict() == imported.to_dict()  # The LoRA preset's rank included.
+  assert (initialised.vocab_size, initialised.hf_vocab_size, initialised.lora.rank) == (128, VOCAB, 8)
+  step, params = tiny.saved_params(workdir)
+  reference = checkpoint.load_params(ckpt, need_vae=False)[0]["backbone"]
+  assert step == 0
+  for name in ("embed_tokens", "lm_head"):
+    np.testing.assert_array_equal(params["backbone"][name], reference[name])
+
+  # The printed command, run as printed: train needs nothing else from the user. Without its
+  # architecture flags, train names them (rather than calling every checkpoint unreadable).
+  command = shlex.split(out.stdout.strip().splitlines()[-1])
+  bare = mmar_jax("train", "--config=configs/mmar_0p5b.py", f"--workdir={workdir}", *small)
+  assert bare.returncode == 2 and "Traceback" not in bare.stderr, bare.stderr
+  assert "holds a model other than --config's" in bare.stderr
+  assert "to resume it pass --config.model.vocab_size=128 --config.model.hidden_size=64" in bare.stderr
+  assert command[:2] == ["mmar-jax", "train"]
+  out = mmar_jax(*command[1:])
+  assert out.returncode == 0, out.stderr
+  assert "resumed from step 0" in out.stdout and "finished at step 2" in out.stdout
+  _, trained = tiny.saved_params(workdir)
+  # LoRA trains, the base stays: the HF rows bit-exact, the factors moved.
+  np.testing.assert_array_equal(trained["backbone"]["embed_tokens"][:VOCAB], reference["embed_tokens"][:VOCAB])
+  q_proj = trained["backbone"]["layers"]["self_attn"]["q_proj"]
+  np.testing.assert_array_equal(q_proj["kernel"], reference["layers"]["self_attn"]["q_proj"]["kernel"])
+  assert np.abs(q_proj["lora_b"]).max() > 0  # Zero at init.
