@@ -7,11 +7,18 @@ crop), then are scaled to [-1, 1], so cached latents encode exactly the pixels t
 
 Output, in `out_dir`:
 - `latents-SSSSS-of-NNNNN.array_record`: record i of the manifest is in shard
-  i // records_per_shard. Each record is a msgpack map (`write_record` / `read_record`):
+  i // records_per_shard. Each record is a msgpack map (`write_record` / `read_record`) of plain
+  msgpack types, arrays as raw little-endian bytes, so grain's workers decode it with msgpack and
+  numpy alone:
+    format        "mmar-latents", version 1 (FORMAT, VERSION): anything else is refused, naming the file
     key           str   the manifest's image path
-    caption       str
-    moments       float32 [h/16, w/16, 2 * z]: the posterior's [mean | logvar], unclipped, NHWC
+    caption       str   ('' for a conversation)
+    qa            [[question, answer], ...]  LLaVA conversations' pairs ([] for a caption)
+    image_size    int   the pixels' side the VAE encoded
+    moments       float32 [s/16, s/16, 2 * z]: the posterior's [mean | logvar], unclipped, NHWC
     moments_flip  the same for the horizontally flipped image (MAR's flip augmentation, cached)
+  Moments stay float32 as the encoder returns them: the exp(logvar / 2) of a sample amplifies a
+  rounded logvar, bfloat16 would make cached and on-the-fly tokens differ, and MAR caches float32.
   Tokens are `KLVAE.tokens_from_moments(moments, rng)` (clip, sample, scale, group).
 - `cache_info.json`: the settings; a resumed run must match them.
 Shards are written to a temporary name and renamed when complete, so a rerun after an
@@ -26,9 +33,9 @@ import json
 import os
 from typing import TYPE_CHECKING
 
-import flax.serialization
 import jax
 import jax.numpy as jnp
+import msgpack
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 from tqdm import tqdm
@@ -45,29 +52,50 @@ def shard_name(index: int, num_shards: int) -> str:
   return f"latents-{index:05d}-of-{num_shards:05d}.array_record"
 
 
-def write_record(key: str, caption: str, moments: np.ndarray, moments_flip: np.ndarray) -> bytes:
+FORMAT, VERSION = "mmar-latents", 1
+_ARRAYS = ("moments", "moments_flip")
+
+
+def write_record(key: str, caption: str, moments: np.ndarray, moments_flip: np.ndarray, *, image_size: int,
+                 qa: list[tuple[str, str]] = ()) -> bytes:
   """One cached image as msgpack bytes (see the module docstring for the fields)."""
-  return flax.serialization.msgpack_serialize({
-      "key": key, "caption": caption, "moments": np.asarray(moments, np.float32),
-      "moments_flip": np.asarray(moments_flip, np.float32)})
+  record = {"format": FORMAT, "version": VERSION, "key": key, "caption": caption,
+            "qa": [[q, a] for q, a in qa], "image_size": int(image_size)}
+  for name, array in zip(_ARRAYS, (moments, moments_flip)):
+    array = np.ascontiguousarray(array, "<f4")
+    record[name] = {"shape": list(array.shape), "data": array.tobytes()}
+  return msgpack.packb(record, use_bin_type=True)
 
 
-def read_record(data: bytes) -> dict:
-  """The inverse of `write_record`: {'key', 'caption', 'moments', 'moments_flip'}."""
-  return flax.serialization.msgpack_restore(data)
+def read_record(data: bytes, where: str = "record") -> dict:
+  """The inverse of `write_record`; `where` (file and index) names the record in the error a foreign
+  or older record raises."""
+  try:
+    record = msgpack.unpackb(data, raw=False)
+  except (msgpack.UnpackException, ValueError) as e:
+    raise ValueError(f"{where}: not a latent cache record ({type(e).__name__}: {e})") from None
+  if not isinstance(record, dict) or (record.get("format"), record.get("version")) != (FORMAT, VERSION):
+    found = (record.get("format"), record.get("version")) if isinstance(record, dict) else type(record).__name__
+    raise ValueError(f"{where}: not a {FORMAT!r} version {VERSION} record (found {found}); rerun "
+                     f"prepare-data --cache-latents with this version into a new --out")
+  for name in _ARRAYS:
+    stored = record[name]
+    record[name] = np.frombuffer(stored["data"], "<f4").reshape(stored["shape"])
+  record["qa"] = [tuple(pair) for pair in record["qa"]]
+  return record
 
 
 def read_shard(path: str) -> list[dict]:
   """Every record of one shard, decoded (for tests and inspection; pipelines use grain)."""
   reader = ArrayRecordReader(path)
   try:
-    return [read_record(r) for r in reader.read_all()]
+    return [read_record(r, f"{path}: record {i}") for i, r in enumerate(reader.read_all())]
   finally:
     reader.close()
 
 
 def read_manifest(path: str) -> list[dict]:
-  """The manifest's records ({'key', 'path', 'caption'}) through the pipeline's own ManifestSource.
+  """The manifest's records ({'key', 'path', 'caption', 'qa'}) through the pipeline's own ManifestSource.
 
   The cache must be complete, so a record the source cannot parse fails here, by line.
   """
@@ -79,7 +107,7 @@ def read_manifest(path: str) -> list[dict]:
     if "error" in record:
       raise ValueError(f"{path}: record {i}: {record['error']}")
     records.append({"key": os.path.relpath(record["image"], root), "path": record["image"],
-                    "caption": record["caption"]})
+                    "caption": record["caption"], "qa": record["qa"]})
   return records
 
 
@@ -146,7 +174,8 @@ def cache_latents(manifest: str, out_dir: str, tokenizer: tokenizers.KLVAE, para
         pixels[j] = load_image(r["path"], tokenizer.image_size)
       moments, moments_flip = jax.device_get(encode(params, pixels))
       for j, r in enumerate(batch):
-        writer.write(write_record(r["key"], r["caption"], moments[j], moments_flip[j]))
+        writer.write(write_record(r["key"], r["caption"], moments[j], moments_flip[j],
+                                  image_size=tokenizer.image_size, qa=r["qa"]))
       bar.update(len(batch))
     writer.close()
     os.replace(tmp, paths[shard])  # Atomic: a shard under its final name is complete.
