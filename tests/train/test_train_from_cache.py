@@ -42,6 +42,7 @@ def test_cache_and_on_the_fly_give_the_same_step_0_loss_with_the_posterior_mean(
   assert abs(sampled["v_loss"] - cached["v_loss"]) > 1e-4
 
 
+@pytest.mark.slow  # Three training runs, one with a grain worker: over a minute on 2 cores.
 def test_resume_through_the_cache_source_is_bit_exact(cache, tmp_path):
   """8 steps of 8 rows over 6 records (about 10 epochs, so flips and reshuffles) straight, against
   4 steps, a checkpoint, and 4 more in a new run; grain workers in the interrupted runs."""
