@@ -163,3 +163,16 @@ def test_rows_are_the_manifests_tasks_with_the_stored_moments_and_both_flips(cac
   for b in batches(data_config(cache, ("data.latents_flip", False)), 3):
     for row, index in enumerate(b["record_index"][:, 0]):
       np.testing.assert_array_equal(b["image_moments"][row, 0], records[index]["moments"])
+
+
+def test_packed_rows_carry_each_images_moments(cache):
+  config = data_config(cache, ("data.packing", True), ("data.latents_flip", False), ("data.seq_len", 64))
+  records = [r for p in sorted((cache / "latents").glob("*.array_record")) for r in latent_cache.read_shard(str(p))]
+  packed = 0
+  for b in batches(config, 4):
+    assert b["image_moments"].shape == (4, 3, SIZE // 2, SIZE // 2, 8)  # 64 // (16 + 4): up to 3 images a row.
+    for row, slot in zip(*np.nonzero(b["image_valid"])):
+      np.testing.assert_array_equal(b["image_moments"][row, slot], records[b["record_index"][row, slot]]["moments"])
+    assert not b["image_moments"][~b["image_valid"]].any()
+    packed += int((b["image_valid"].sum(1) >= 2).sum())
+  assert packed > 0
