@@ -30,7 +30,8 @@ def cache(tmp_path_factory):
 
 def test_cache_and_on_the_fly_give_the_same_step_0_loss_with_the_posterior_mean(cache, tmp_path):
   """The same records, tasks and mask draws; only where the moments come from differs. Float32
-  throughout, so the cached encoder's batch of 4 and the step's batch of 8 round alike: 1e-6."""
+  throughout; relative tolerance 1e-6, for the cached encoder's batch of 4 against the step's batch
+  of 8 (measured here: 0.0, bit-identical loss, CE and v-loss)."""
   mean = ("tokenizer.sample_posterior=False", "data.latents_flip=False")
   cached = loop.train(config(cache, *mean), str(tmp_path / "cached"), max_steps=1).last_metrics
   fly = loop.train(config(cache, *mean, "data.source=manifest"), str(tmp_path / "fly"), max_steps=1).last_metrics
