@@ -176,3 +176,14 @@ def test_packed_rows_carry_each_images_moments(cache):
     assert not b["image_moments"][~b["image_valid"]].any()
     packed += int((b["image_valid"].sum(1) >= 2).sum())
   assert packed > 0
+
+
+def test_hosts_read_disjoint_shares_of_each_epoch(cache):
+  config = data_config(cache, ("data.batch_size", 2))
+  tok = text_tokenizer.load(config.data.tokenizer)
+  seen = []
+  for host in range(2):
+    it = iter(pipeline.build_dataset(pipeline.PipelineConfig.from_config(config), tok, process_index=host,
+                                     process_count=2))
+    seen.append([int(next(it)["record_index"][0, 0]) for _ in range(NUM // 2)])  # One row a host a step.
+  assert not set(seen[0]) & set(seen[1]) and sorted(seen[0] + seen[1]) == list(range(NUM)), seen
