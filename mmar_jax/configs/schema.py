@@ -20,7 +20,7 @@ SAMPLERS = ("ddpm", "ddim")
 CFG_SCHEDULES = ("linear", "constant")
 MASK_RATIO_DISTS = ("uniform", "truncnorm")
 TOKENIZER_KINDS = ("patch", "kl16")
-DATA_SOURCES = ("synthetic", "manifest", "tfds")
+DATA_SOURCES = ("synthetic", "manifest", "tfds", "latents")
 # The backbone projections LoRA can adapt (mmar_jax/models/lora.py adds the factors).
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -188,6 +188,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.tokenizer.latent_patch = 1  # 'kl16' only: p x p latent positions form one token; 1 = MAR.
   config.tokenizer.vae_checkpoint = ""  # 'kl16': convert-vae output dir, MAR torch file or safetensors.
   config.tokenizer.dtype = "bfloat16"  # Compute dtype of the VAE convolutions; posterior stays float32.
+  # Tokens from a posterior sample (mean + std * noise), as MAR trains; False takes the posterior
+  # mean. The same for pixels encoded on the fly and for moments from the latent cache.
+  config.tokenizer.sample_posterior = True
   config.tokenizer.scale_factor = 0.2325  # MAR's KL-16 latent scale: tokens = latents * scale_factor.
   # The VAE architecture (LDM AutoencoderKL as MAR's KL-16 builds it).
   config.tokenizer.vae_channels = 128
@@ -226,6 +229,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.source = "synthetic"  # One of DATA_SOURCES.
   config.data.manifest = ""  # JSONL manifest for source='manifest'; image paths relative to it.
+  # source='latents': a directory written by `prepare-data --cache-latents` (its --out); the
+  # tokenizer section must be the VAE that wrote it (checked at start-up).
+  config.data.latents_dir = ""
+  # source='latents': each epoch, half the records (drawn per record from data.seed) train on the
+  # mirrored image's cached moments, MAR's flip augmentation; False always takes the image's own.
+  config.data.latents_flip = True
   # source='tfds': a dataset the user prepared in array_record format; nothing downloads.
   config.data.tfds_name = ""
   config.data.tfds_split = "train"

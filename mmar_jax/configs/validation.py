@@ -102,6 +102,12 @@ def validate_data(config: ml_collections.ConfigDict) -> None:
     fail("data.source", d.source, f"must be one of {DATA_SOURCES}")
   if d.source == "manifest" and not d.manifest:
     fail("data.manifest", d.manifest, "must name a JSONL manifest when config.data.source='manifest'")
+  if d.source == "latents" and not d.latents_dir:
+    fail("data.latents_dir", d.latents_dir, "must name a prepare-data --cache-latents output directory when "
+         "config.data.source='latents'")
+  if d.source == "latents" and config.tokenizer.kind != "kl16":
+    fail("data.source", d.source, f"holds KL-16 moments; it needs config.tokenizer.kind='kl16', not "
+         f"{config.tokenizer.kind!r}")
   if d.source == "tfds" and not d.tfds_name:
     fail("data.tfds_name", d.tfds_name, "must name a prepared TFDS dataset when config.data.source='tfds'")
   if bool(d.tfds_question_key) != bool(d.tfds_answer_key):

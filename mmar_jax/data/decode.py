@@ -44,16 +44,24 @@ def load_image(image, image_size: int) -> UInt8[np.ndarray, "s s 3"]:
   return pixels[top:top + image_size, left:left + image_size]
 
 
+def clean_texts(record: dict) -> tuple[str, list[tuple[str, str]], str | None]:
+  """(caption, question / answer pairs) stripped, and why the record cannot train (None when it can)."""
+  caption = (record.get("caption") or "").strip()
+  qa = [(q.strip(), a.strip()) for q, a in (record.get("qa") or [])]
+  if not caption and not any(a for _, a in qa):
+    return caption, qa, "no caption and no answer"
+  if any(not a for _, a in qa):
+    return caption, qa, "a question without an answer"
+  return caption, qa, None
+
+
 def decode_record(record: dict, image_size: int) -> dict:
   """The record with 'image' as pixels and its texts checked, or a corrupt marker."""
   if "error" in record:  # The source could not even parse it.
     return corrupt(record, record["error"])
-  caption = (record.get("caption") or "").strip()
-  qa = [(q.strip(), a.strip()) for q, a in (record.get("qa") or [])]
-  if not caption and not any(a for _, a in qa):
-    return corrupt(record, "no caption and no answer")
-  if any(not a for _, a in qa):
-    return corrupt(record, "a question without an answer")
+  caption, qa, error = clean_texts(record)
+  if error:
+    return corrupt(record, error)
   try:
     image = load_image(record["image"], image_size)
   except FileNotFoundError as e:

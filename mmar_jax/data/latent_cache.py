@@ -8,12 +8,18 @@ the pipeline sees and a record the pipeline would skip is skipped here.
 
 Output, in `out_dir`:
 - `latents-SSSSS-of-NNNNN.array_record`: record i of the manifest, if good, is in shard
-  i // records_per_shard. Each record is a msgpack map (`write_record` / `read_record`):
+  i // records_per_shard. Each record is a msgpack map (`write_record` / `read_record`) of plain
+  msgpack types, arrays as raw little-endian bytes, so grain's workers decode it with msgpack and
+  numpy alone:
+    format        "mmar-latents", version 1 (FORMAT, VERSION): anything else is refused, naming the file
     key           str   the manifest's image path
-    caption       str
-    qa            list of [question, answer] (a LLaVA conversation's turns; [] for a caption record)
-    moments       float32 [h/16, w/16, 2 * z]: the posterior's [mean | logvar], unclipped, NHWC
+    caption       str   ('' for a conversation)
+    qa            [[question, answer], ...]  LLaVA conversations' pairs ([] for a caption)
+    image_size    int   the pixels' side the VAE encoded
+    moments       float32 [s/16, s/16, 2 * z]: the posterior's [mean | logvar], unclipped, NHWC
     moments_flip  the same for the horizontally flipped image (MAR's flip augmentation, cached)
+  Moments stay float32 as the encoder returns them: the exp(logvar / 2) of a sample amplifies a
+  rounded logvar, bfloat16 would make cached and on-the-fly tokens differ, and MAR caches float32.
   Tokens are `KLVAE.tokens_from_moments(moments, rng)` (clip, sample, scale, group).
 - `latents-SSSSS-of-NNNNN.skipped.json`: the shard's count written and its skipped records
   ([["FILE:LINE", reason], ...]), so a resumed run can report on the whole cache.
@@ -34,9 +40,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-import flax.serialization
 import jax
 import jax.numpy as jnp
+import msgpack
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 from tqdm import tqdm
@@ -53,24 +59,44 @@ def shard_name(index: int, num_shards: int) -> str:
   return f"latents-{index:05d}-of-{num_shards:05d}.array_record"
 
 
-def write_record(key: str, caption: str, moments: np.ndarray, moments_flip: np.ndarray,
-                 qa: Sequence[tuple[str, str]] = ()) -> bytes:
+FORMAT, VERSION = "mmar-latents", 1
+_ARRAYS = ("moments", "moments_flip")
+
+
+def write_record(key: str, caption: str, moments: np.ndarray, moments_flip: np.ndarray, *, image_size: int,
+                 qa: list[tuple[str, str]] = ()) -> bytes:
   """One cached image as msgpack bytes (see the module docstring for the fields)."""
-  return flax.serialization.msgpack_serialize({
-      "key": key, "caption": caption, "qa": [[q, a] for q, a in qa], "moments": np.asarray(moments, np.float32),
-      "moments_flip": np.asarray(moments_flip, np.float32)})
+  record = {"format": FORMAT, "version": VERSION, "key": key, "caption": caption,
+            "qa": [[q, a] for q, a in qa], "image_size": int(image_size)}
+  for name, array in zip(_ARRAYS, (moments, moments_flip)):
+    array = np.ascontiguousarray(array, "<f4")
+    record[name] = {"shape": list(array.shape), "data": array.tobytes()}
+  return msgpack.packb(record, use_bin_type=True)
 
 
-def read_record(data: bytes) -> dict:
-  """The inverse of `write_record`: {'key', 'caption', 'qa', 'moments', 'moments_flip'}."""
-  return flax.serialization.msgpack_restore(data)
+def read_record(data: bytes, where: str = "record") -> dict:
+  """The inverse of `write_record`; `where` (file and index) names the record in the error a foreign
+  or older record raises."""
+  try:
+    record = msgpack.unpackb(data, raw=False)
+  except (msgpack.UnpackException, ValueError) as e:
+    raise ValueError(f"{where}: not a latent cache record ({type(e).__name__}: {e})") from None
+  if not isinstance(record, dict) or (record.get("format"), record.get("version")) != (FORMAT, VERSION):
+    found = (record.get("format"), record.get("version")) if isinstance(record, dict) else type(record).__name__
+    raise ValueError(f"{where}: not a {FORMAT!r} version {VERSION} record (found {found}); rerun "
+                     f"prepare-data --cache-latents with this version into a new --out")
+  for name in _ARRAYS:
+    stored = record[name]
+    record[name] = np.frombuffer(stored["data"], "<f4").reshape(stored["shape"])
+  record["qa"] = [tuple(pair) for pair in record["qa"]]
+  return record
 
 
 def read_shard(path: str) -> list[dict]:
   """Every record of one shard, decoded (for tests and inspection; pipelines use grain)."""
   reader = ArrayRecordReader(path)
   try:
-    return [read_record(r) for r in reader.read_all()]
+    return [read_record(r, f"{path}: record {i}") for i, r in enumerate(reader.read_all())]
   finally:
     reader.close()
 
@@ -103,12 +129,12 @@ class CacheSummary:
     return lines
 
 
-def _skip_file(path: str) -> str:
+def skip_file_path(path: str) -> str:
   return path.removesuffix(".array_record") + ".skipped.json"
 
 
-def _read_skip_file(shard_path: str) -> dict:
-  with open(_skip_file(shard_path)) as f:
+def read_skip_file(shard_path: str) -> dict:
+  with open(skip_file_path(shard_path)) as f:
     return json.load(f)
 
 
@@ -150,10 +176,10 @@ def cache_latents(manifest: str, out_dir: str, tokenizer: tokenizers.KLVAE, para
   for path in paths:  # An interrupted run's partial shard: redone below, never read.
     if os.path.exists(path + ".tmp"):
       os.remove(path + ".tmp")
-  finished = [i for i, p in enumerate(paths) if os.path.exists(p) and os.path.exists(_skip_file(p))]
+  finished = [i for i, p in enumerate(paths) if os.path.exists(p) and os.path.exists(skip_file_path(p))]
   written, skipped = 0, collections.Counter()
   for i in finished:
-    kept = _read_skip_file(paths[i])
+    kept = read_skip_file(paths[i])
     written += kept["written"]
     skipped.update(reason.split(":")[0] for _, reason in kept["skipped"])
   encode = _encode_fn(tokenizer, sharding)
@@ -170,7 +196,8 @@ def cache_latents(manifest: str, out_dir: str, tokenizer: tokenizers.KLVAE, para
       pixels[j] = r["image"].astype(np.float32) / 127.5 - 1.0  # The VAE's [-1, 1].
     moments, moments_flip = jax.device_get(encode(params, pixels))
     for j, r in enumerate(batch):
-      writer.write(write_record(r["key"], r["caption"], moments[j], moments_flip[j], qa=r["qa"]))
+      writer.write(write_record(r["key"], r["caption"], moments[j], moments_flip[j],
+                                image_size=tokenizer.image_size, qa=r["qa"]))
 
   stopped = False
   try:
@@ -203,7 +230,7 @@ def cache_latents(manifest: str, out_dir: str, tokenizer: tokenizers.KLVAE, para
       if stopped:
         os.remove(tmp)
         break
-      with open(_skip_file(paths[shard]), "w") as f:
+      with open(skip_file_path(paths[shard]), "w") as f:
         json.dump({"written": shard_written, "skipped": shard_skipped}, f, indent=1)
       os.replace(tmp, paths[shard])  # Atomic, and after its skip file: a shard under its final name is complete.
       written += shard_written

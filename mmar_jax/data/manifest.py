@@ -107,6 +107,10 @@ class ManifestSource(grain.sources.RandomAccessDataSource):
   """
 
   def __init__(self, path: str):
+    if os.path.isdir(path):
+      hint = (f"; it is a latent cache: train from it with --config.data.source=latents "
+              f"--config.data.latents_dir={path}") if os.path.isfile(os.path.join(path, "cache_info.json")) else ""
+      raise FileNotFoundError(f"config.data.manifest={path!r} is a directory, not a JSONL manifest{hint}")
     if not os.path.isfile(path):
       raise FileNotFoundError(f"config.data.manifest={path!r} does not exist")
     self._path = path

@@ -18,6 +18,9 @@ The batch dict (host-local numpy; `to_global` makes jax.Arrays over the mesh's d
   segment_ids      [B, L] int32    1.. per packed sequence, 0 padding (masks.causal_segment_mask)
   positions        [B, L] int32    position within its sequence, restarting at 0 per segment
   images           [B, M, H, W, 3] uint8  the row's images in sequence order (zeros when invalid)
+  image_moments    [B, M, h, w, 2z] float32  instead of images from source 'latents': each image's
+                                   posterior [mean | logvar] (or its mirror's, drawn per record and
+                                   epoch), NHWC on the VAE's latent grid; the step samples the latent
   image_valid      [B, M] bool
   image_slots      [B, M, N] int32 sequence positions of each image's N tokens (0 when invalid)
   image_task       [B, M] int32    0 understanding (image in), 1 generation (image out)
@@ -36,7 +39,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tokenizers import Tokenizer
 
 import grain
-from mmar_jax.data import decode, sequences, synthetic, text_tokenizer
+from mmar_jax.data import decode, latent_source, sequences, synthetic, text_tokenizer
 from mmar_jax.data.manifest import ManifestSource
 from mmar_jax.data.tfds_source import TfdsConfig, TfdsSource
 from mmar_jax.data.corrupt import SkipCorruptIterDataset, SkipCorruptIterator
@@ -58,6 +61,7 @@ class PipelineConfig:
   max_corrupt_fraction: float
   sequence: sequences.SequenceConfig
   tfds: TfdsConfig
+  latents: latent_source.LatentsConfig
 
   @classmethod
   def from_config(cls, config) -> PipelineConfig:
@@ -70,7 +74,8 @@ class PipelineConfig:
                sequence=sequences.SequenceConfig.from_config(config),
                tfds=TfdsConfig(name=d.tfds_name, split=d.tfds_split, data_dir=d.tfds_data_dir,
                                image_key=d.tfds_image_key, caption_key=d.tfds_caption_key,
-                               question_key=d.tfds_question_key, answer_key=d.tfds_answer_key))
+                               question_key=d.tfds_question_key, answer_key=d.tfds_answer_key),
+               latents=latent_source.LatentsConfig.from_config(config))
 
 
 def make_source(config: PipelineConfig) -> grain.sources.RandomAccessDataSource:
@@ -83,6 +88,8 @@ def make_source(config: PipelineConfig) -> grain.sources.RandomAccessDataSource:
     return ManifestSource(config.manifest)
   if config.source == "tfds":
     return TfdsSource(config.tfds)
+  if config.source == "latents":
+    return latent_source.LatentCacheSource(config.latents)
   raise ValueError(f"config.data.source={config.source!r} is not a known source")
 
 
@@ -95,10 +102,17 @@ class RecordToSequence(grain.transforms.RandomMap):
     self._ids = text_tokenizer.special_ids(tokenizer)
 
   def random_map(self, element: dict, rng: np.random.Generator) -> dict:
-    record = decode.decode_record(element, self._config.image_size)
+    if self._config.source == "latents":
+      record = latent_source.decode_record(element)
+    else:
+      record = decode.decode_record(element, self._config.image_size)
     if "corrupt" in record:
       return record
     seq = sequences.build_sequence(record, rng, self._config.sequence, self._tokenizer, self._ids)
+    # MAR's random flip of cached moments, drawn after the sequence so that the task draws are
+    # those a pixel source of the same records gets from the same seed.
+    if self._config.source == "latents" and self._config.latents.flip and rng.random() < 0.5:
+      seq["image_moments"] = record["moments_flip"][None]
     if self._config.sequence.packing:
       return seq
     return sequences.pad_sequence(seq, self._config.sequence, self._ids.pad)
@@ -140,7 +154,8 @@ def build_dataset(config: PipelineConfig, tokenizer: Tokenizer, *, source=None, 
   ds = SkipCorruptIterDataset(ds, config.max_corrupt_fraction)
   if seq.packing:
     lengths = {key: seq.seq_len for key in sequences.TOKEN_FEATURES}
-    lengths.update({key: seq.max_images for key in sequences.IMAGE_FEATURES})
+    images = sequences.MOMENTS_FEATURES if config.source == "latents" else sequences.IMAGE_FEATURES
+    lengths.update({key: seq.max_images for key in images})
     padding = {key: 0 for key in lengths} | {"input_ids": pad_id, "targets": pad_id}
     ds = grain.experimental.FirstFitPackIterDataset(
         ds, length_struct=lengths, num_packing_bins=config.packing_bins, seed=config.seed, shuffle_bins=True,

@@ -24,6 +24,12 @@ TEXT, IMAGE = 0, 1  # token_type values
 # Per-sequence features, packed along their first axis; row features with length seq_len.
 TOKEN_FEATURES = ("input_ids", "targets", "text_loss_mask", "diffusion_loss_mask", "token_type")
 IMAGE_FEATURES = ("images", "image_task", "record_index")
+# The latent cache's rows carry posterior moments where pixel sources carry images.
+MOMENTS_FEATURES = ("image_moments", "image_task", "record_index")
+
+
+def image_features(sequence: dict) -> tuple[str, ...]:
+  return MOMENTS_FEATURES if "image_moments" in sequence else IMAGE_FEATURES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +63,7 @@ def _encode(tokenizer: Tokenizer, text: str) -> list[int]:
 
 def build_sequence(record: dict, rng: np.random.Generator, config: SequenceConfig, tokenizer: Tokenizer,
                    ids: SpecialIds) -> dict[str, np.ndarray]:
-  """One task sequence from a decoded record ({'image', 'caption', 'qa', 'index'}).
+  """One task sequence from a decoded record ({'image' or 'moments', 'caption', 'qa', 'index'}).
 
   The task is generation with probability `generation_fraction` when the record has a caption,
   else understanding on up to `qa_turns` distinct question / answer pairs drawn from 'qa', in a
@@ -103,7 +109,7 @@ def build_sequence(record: dict, rng: np.random.Generator, config: SequenceConfi
       "text_loss_mask": text_loss_mask,
       "diffusion_loss_mask": token_type.astype(np.float32) * float(generation),
       "token_type": token_type,
-      "images": record["image"][None],
+      **({"image_moments": record["moments"][None]} if "moments" in record else {"images": record["image"][None]}),
       "image_task": np.asarray([GENERATION if generation else UNDERSTANDING], np.int32),
       "record_index": np.asarray([record["index"]], np.int32),
   }
@@ -119,7 +125,7 @@ def pad_sequence(sequence: dict[str, np.ndarray], config: SequenceConfig, pad_id
     row[key][:length] = sequence[key]
   row["segment_ids"] = (np.arange(config.seq_len) < length).astype(np.int32)
   row["positions"] = np.where(row["segment_ids"] > 0, np.arange(config.seq_len), 0).astype(np.int32)
-  for key in IMAGE_FEATURES:
+  for key in image_features(sequence):
     row[key] = sequence[key]
   row["image_valid"] = np.ones(1, bool)
   return row
@@ -127,10 +133,10 @@ def pad_sequence(sequence: dict[str, np.ndarray], config: SequenceConfig, pad_id
 
 def packed_to_row(packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Renames FirstFitPackIterDataset's output to the row format and drops what repeats."""
-  row = {key: packed[key] for key in TOKEN_FEATURES + IMAGE_FEATURES}
+  row = {key: packed[key] for key in TOKEN_FEATURES + image_features(packed)}
   row["segment_ids"] = packed["input_ids_segment_ids"].astype(np.int32)
   row["positions"] = packed["input_ids_positions"].astype(np.int32)
-  row["image_valid"] = packed["images_segment_ids"] > 0
+  row["image_valid"] = packed["image_task_segment_ids"] > 0
   return row
 
 

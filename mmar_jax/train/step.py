@@ -27,22 +27,31 @@ class StepConfig:
   """The step's settings (from config.model, config.train)."""
   mask_ratio: MaskRatioConfig
   grad_accum_steps: int
+  sample_posterior: bool
 
   @classmethod
   def from_config(cls, config) -> StepConfig:
-    return cls(mask_ratio=MaskRatioConfig.from_config(config), grad_accum_steps=config.train.grad_accum_steps)
+    return cls(mask_ratio=MaskRatioConfig.from_config(config), grad_accum_steps=config.train.grad_accum_steps,
+               sample_posterior=config.tokenizer.sample_posterior)
 
 
-def image_tokens(tokenizer: ImageTokenizer, tokenizer_params: Any, batch: dict[str, Array], rng: PRNGKeyArray
+def image_tokens(tokenizer: ImageTokenizer, tokenizer_params: Any, batch: dict[str, Array], rng: PRNGKeyArray | None
                  ) -> Float[Array, "b m n c"]:
-  """The batch's images as continuous tokens: precomputed `image_tokens` (a latent cache), or the
-  tokenizer's encoding of the uint8 `images` mapped to [-1, 1]."""
+  """The batch's images as continuous tokens: precomputed `image_tokens` (tests feed non-finite
+  ones), tokens of the latent cache's `image_moments` (sampled, scaled and grouped exactly as the
+  KL-16 tokenizer does pixels), or the tokenizer's encoding of the uint8 `images` mapped to
+  [-1, 1]. `rng` None takes the posterior mean."""
   if "image_tokens" in batch:
     return batch["image_tokens"].astype(jnp.float32)
-  images = batch["images"]
-  b, m = images.shape[:2]
-  pixels = images.reshape((b * m,) + images.shape[2:]).astype(jnp.float32) / 127.5 - 1.0
-  tokens = tokenizer.encode(tokenizer_params, pixels, rng)
+  if "image_moments" in batch:
+    moments = batch["image_moments"]
+    b, m = moments.shape[:2]
+    tokens = tokenizer.tokens_from_moments(moments.reshape((b * m,) + moments.shape[2:]), rng)
+  else:
+    images = batch["images"]
+    b, m = images.shape[:2]
+    pixels = images.reshape((b * m,) + images.shape[2:]).astype(jnp.float32) / 127.5 - 1.0
+    tokens = tokenizer.encode(tokenizer_params, pixels, rng)
   return jax.lax.stop_gradient(tokens.reshape((b, m) + tokens.shape[1:]).astype(jnp.float32))
 
 
@@ -64,7 +73,7 @@ def make_train_step(model: MMAR, tokenizer: ImageTokenizer, tx: optax.GradientTr
 
   def loss_fn(params, batch, tokenizer_params, rng):
     token_rng, mask_rng, loss_rng = jax.random.split(rng, 3)
-    tokens = image_tokens(tokenizer, tokenizer_params, batch, token_rng)
+    tokens = image_tokens(tokenizer, tokenizer_params, batch, token_rng if cfg.sample_posterior else None)
     generate_mask = draw_generation_mask(mask_rng, batch["image_task"], tokens.shape[2], cfg.mask_ratio)
     out = model.apply({"params": params}, batch, tokens, generate_mask, loss_rng)
     return out.loss, {"loss": out.loss, "ce": out.ce, "v_loss": out.v_loss, "head_overflow": out.head_overflow}
