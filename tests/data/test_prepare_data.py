@@ -90,7 +90,7 @@ def test_every_kind_of_bad_record_is_skipped_named_once_and_counted(vae, tmp_pat
   records = [r for p in sorted((tmp_path / "cache").glob("*.array_record")) for r in latent_cache.read_shard(str(p))]
   assert [(r["key"], r["caption"]) for r in records] == [("img/0.png", "first"), ("img/1.png", "second"),
                                                           ("img/2.png", ""), ("img/3.png", "last")]
-  assert [r["qa"] for r in records] == [[], [], [["What colour is it?", "red"], ["And the shape?", "a circle"]], []]
+  assert [r["qa"] for r in records] == [[], [], [("What colour is it?", "red"), ("And the shape?", "a circle")], []]
 
 
 def test_a_json_array_manifest_keeps_conversations_and_names_lines(vae, tmp_path):
@@ -103,7 +103,7 @@ def test_a_json_array_manifest_keeps_conversations_and_names_lines(vae, tmp_path
                                        batch_size=2, progress=False)
   assert (summary.written, summary.skipped, summary.stopped) == (1, {"image missing": 1}, False)
   [record] = latent_cache.read_shard(summary.paths[0])
-  assert record["qa"] == [["What colour is it?", "red"], ["And the shape?", "a circle"]]
+  assert record["qa"] == [("What colour is it?", "red"), ("And the shape?", "a circle")]
   skipped = json.loads((tmp_path / "cache" / "latents-00000-of-00001.skipped.json").read_text())["skipped"]
   first_line_of_second = 2 + len(json.dumps(entries[0], indent=1).splitlines())
   assert [where for where, _ in skipped] == [f"{tmp_path / 'llava.json'}:{first_line_of_second}"]
