@@ -45,7 +45,7 @@ def test_init_from_hf_then_train_then_evaluate(tmp_path):
   out = mmar_jax("evaluate", f"--workdir={workdir}", "--samples=4")
   assert out.returncode == 0, out.stderr
   assert "questions answered exactly" in out.stdout
-  assert os.path.isfile(os.path.join(workdir, "eval", "final_step_2.png"))
+  assert os.path.isfile(os.path.join(workdir, "eval", "final_step_2_unseen.png"))
 
 
 def test_init_from_hf_names_an_architecture_mismatch(tmp_path):
