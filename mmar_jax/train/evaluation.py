@@ -159,17 +159,22 @@ def write_results(path: str, sets: dict[str, list[dict]], results: dict[str, dic
 def make_hook(config, workdir: str):
   """The loop's periodic hook: evaluate on config.train.eval_samples records of each set and log."""
   sets = evaluation_sets(config, config.train.eval_samples)
-  writer = metrics.Writer(metrics.logdir(workdir))
 
   def hook(exp: experiment.Experiment, params: Any, step: int) -> None:
     results = {name: evaluate(exp, params, records, seed=config.seed) for name, records in sets.items()}
     if jax.process_index() != 0:
       return
     grids = write_results(str(checkpoint.path_of(workdir) / "eval" / f"step_{step}"), sets, results)
-    for name, result in results.items():
-      writer.scalars(step, {f"eval/{name}/{k}": v for k, v in result["summary"].items()})
-      writer.images(step, f"eval/{name}/generated", grids[name])
-      writer.text(step, f"eval/{name}/answers", "\n\n".join(
-          f"{u['question']} -> {u['answer']} (expected {u['expected']})" for u in result["understanding"]))
+    # A writer per evaluation, closed at its end: one left open for the run lost the last
+    # evaluation's final event (nothing closed it at exit).
+    writer = metrics.Writer(metrics.logdir(workdir))
+    try:
+      for name, result in results.items():
+        writer.scalars(step, {f"eval/{name}/{k}": v for k, v in result["summary"].items()})
+        writer.images(step, f"eval/{name}/generated", grids[name])
+        writer.text(step, f"eval/{name}/answers", "\n\n".join(
+            f"{u['question']} -> {u['answer']} (expected {u['expected']})" for u in result["understanding"]))
+    finally:
+      writer.close()
 
   return hook
