@@ -92,7 +92,7 @@ def main():
         f"{settings['num_sampling_steps']} {settings['sampler']} steps, cfg {settings['cfg_scale']} "
         f"({settings['cfg_schedule']}), compute {config.model.dtype}")
 
-  records = evaluation.held_out_records(config, max(batches))
+  records = evaluation.evaluation_sets(config, max(batches))["seen"]
   caption_ids = [exp.text_tokenizer.encode(r["caption"], add_special_tokens=False).ids for r in records]
   decode = jax.jit(exp.image_tokenizer.decode)
   for batch in batches:

@@ -245,6 +245,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.tfds_answer_key = ""
   config.data.synthetic_records = 100_000  # Size of the synthetic shapes dataset (one epoch).
   config.data.synthetic_noisy_backgrounds = True  # Pixel noise on half the backgrounds (False: all plain).
+  # (colour, shape, position) triples whose index sum is a multiple of this (18 of 162 for 9)
+  # never appear in the synthetic training records; evaluation reports them apart, as unseen
+  # combinations (data/synthetic.py). 0 holds nothing out; else 2..9.
+  config.data.synthetic_held_out_modulus = 9
   config.data.seq_len = 1024  # Tokens per row, text and image slots together.
   config.data.batch_size = 256  # Global rows per step, split evenly over hosts.
   config.data.generation_fraction = 0.5  # Share of records made generation sequences [ours].

@@ -125,6 +125,9 @@ def validate_data(config: ml_collections.ConfigDict) -> None:
   for field in ("generation_fraction", "caption_dropout", "max_corrupt_fraction"):
     if not 0.0 <= d[field] <= 1.0:
       fail(f"data.{field}", d[field], "must be in [0, 1]")
+  if not (d.synthetic_held_out_modulus == 0 or 2 <= d.synthetic_held_out_modulus <= 9):
+    fail("data.synthetic_held_out_modulus", d.synthetic_held_out_modulus,
+         "must be 0 (nothing held out) or in [2, 9] (the grid's 9 positions)")
   if d.num_workers < 0:
     fail("data.num_workers", d.num_workers, "must be >= 0 (0 decodes in the training process)")
   if not d.tokenizer:

@@ -52,6 +52,7 @@ class PipelineConfig:
   manifest: str
   synthetic_records: int
   synthetic_noisy_backgrounds: bool
+  synthetic_held_out_modulus: int
   image_size: int
   batch_size: int  # global
   num_workers: int
@@ -68,6 +69,7 @@ class PipelineConfig:
     d = config.data
     return cls(source=d.source, manifest=d.manifest, synthetic_records=d.synthetic_records,
                synthetic_noisy_backgrounds=d.synthetic_noisy_backgrounds,
+               synthetic_held_out_modulus=d.synthetic_held_out_modulus,
                image_size=config.tokenizer.image_size, batch_size=d.batch_size, num_workers=d.num_workers,
                worker_buffer_size=d.worker_buffer_size, packing_bins=d.packing_bins, seed=d.seed,
                max_corrupt_fraction=d.max_corrupt_fraction,
@@ -83,7 +85,8 @@ def make_source(config: PipelineConfig) -> grain.sources.RandomAccessDataSource:
   if config.source == "synthetic":
     return synthetic.SyntheticShapesSource(
         synthetic.SyntheticConfig(config.synthetic_records, config.image_size, seed=config.seed,
-                                  noisy_backgrounds=config.synthetic_noisy_backgrounds))
+                                  noisy_backgrounds=config.synthetic_noisy_backgrounds,
+                                  held_out_modulus=config.synthetic_held_out_modulus))
   if config.source == "manifest":
     return ManifestSource(config.manifest)
   if config.source == "tfds":

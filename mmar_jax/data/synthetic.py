@@ -5,6 +5,11 @@ background, a caption from a small grammar ("a small red circle at the top left"
 answer pairs about it, and the labels that drew it. Nothing downloads. Two shapes in one image
 always differ in shape, colour and grid cell, so every question has exactly one answer and a
 judge (`synthetic_judge.py`) can read each shape back from its colour.
+
+Held-out combinations: with `held_out_modulus` m > 0, the (colour, shape, position) triples whose
+index sum is a multiple of m (18 of the 162 for m = 9) never appear in a training record; an
+evaluation set drawn with `held_out=True` holds only those triples, so none of its captions (or
+shape placements) was ever trained on [ours].
 """
 
 from __future__ import annotations
@@ -52,6 +57,26 @@ class SyntheticConfig:
   image_size: int  # 32 or 64 (anything >= 24 that the 3x3 grid can hold)
   seed: int = 0
   noisy_backgrounds: bool = True  # Half the backgrounds get pixel noise; False keeps them all plain.
+  held_out_modulus: int = 0  # Triples with index sum = 0 mod this are held out (is_held_out); 0: none.
+  # False: records avoid the held-out triples (training, the seen set); True: every shape of a
+  # record is a held-out triple (the unseen set).
+  held_out: bool = False
+
+  def __post_init__(self):
+    m = self.held_out_modulus
+    # 2..9: every (colour, shape) pair then keeps at least one seen and one held-out position
+    # of the 9, so both sides of the split can always be drawn.
+    if not (m == 0 or 2 <= m <= len(POSITIONS)) or (self.held_out and not m):
+      raise ValueError(f"config.data.synthetic_held_out_modulus={m} must be 0 (nothing held out) or in "
+                       f"[2, {len(POSITIONS)}]" + (", not 0, to draw the held-out combinations" if self.held_out else ""))
+
+
+def is_held_out(label: ShapeLabel, modulus: int) -> bool:
+  """Whether `label`'s (colour, shape, position) is a held-out triple: index sum = 0 mod `modulus`."""
+  if not modulus:
+    return False
+  indices = list(COLOURS).index(label.colour) + SHAPES.index(label.shape) + POSITIONS.index(label.position)
+  return indices % modulus == 0
 
 
 def shape_box(image_size: int, label: ShapeLabel) -> tuple[int, int, int]:
@@ -119,12 +144,19 @@ def sample(config: SyntheticConfig, index: int) -> dict:
   """Record `index`: labels drawn from a generator seeded by (seed, index) alone."""
   rng = np.random.default_rng([config.seed, index])
   count = int(rng.integers(1, 3))
-  shapes = rng.choice(len(SHAPES), count, replace=False)
-  colours = rng.choice(len(COLOURS), count, replace=False)
-  cells = rng.choice(len(POSITIONS), count, replace=False)
   names = list(COLOURS)
-  labels = tuple(ShapeLabel(SHAPES[s], names[c], SIZES[int(rng.integers(2))], POSITIONS[p])
-                 for s, c, p in zip(shapes, colours, cells))
+  # Redrawn (the count kept, so one- and two-shape records stay even) until every shape is on
+  # the record's side of the split; the first draw is the record as it was before the split
+  # existed, so records that pass it are unchanged.
+  while True:
+    shapes = rng.choice(len(SHAPES), count, replace=False)
+    colours = rng.choice(len(COLOURS), count, replace=False)
+    cells = rng.choice(len(POSITIONS), count, replace=False)
+    labels = tuple(ShapeLabel(SHAPES[s], names[c], SIZES[int(rng.integers(2))], POSITIONS[p])
+                   for s, c, p in zip(shapes, colours, cells))
+    if not config.held_out_modulus or all(
+        is_held_out(l, config.held_out_modulus) == config.held_out for l in labels):
+      break
   background = int(rng.integers(20, 71))
   noise = bool(rng.integers(2)) and config.noisy_backgrounds  # Draw first: the stream stays the same.
   image = draw(config.image_size, labels, background, noise, rng)

@@ -1,11 +1,20 @@
-"""Evaluation on a fixed held-out set: generate images from captions, answer questions about images.
+"""Evaluation on fixed sets: generate images from captions, answer questions about images.
 
-The held-out records are synthetic shapes drawn with a seed no training record uses
-(`HELD_OUT_SEED_OFFSET` past config.data.seed), so the same N records come back at every step and
-in every run. Each generated image is judged from its pixels by the dataset's own labels
+Two sets of synthetic shapes, the same N records at every step and in every run, each drawn with
+a seed no training record uses (`HELD_OUT_SEED_OFFSET` past config.data.seed):
+- 'unseen': every shape is a (colour, shape, position) triple the training stream never holds
+  (config.data.synthetic_held_out_modulus, data/synthetic.py), so no caption, image or
+  question-answer placement of it was trained on: this measures generalisation to new
+  combinations;
+- 'seen': only triples training holds, in new records (a caption may still equal a training
+  one: the grammar is small), so the gap to 'unseen' shows what memorised combinations are worth.
+With the modulus 0 nothing is held out and only 'seen' is drawn.
+
+Each generated image is judged from its pixels by the dataset's own labels
 (`synthetic_judge.score`: colour, shape, position, size of every shape); each answer is compared
 with the record's answer word for word. Results go to TensorBoard (scalars, the image grid, a
-text table), to `eval/step_<k>.png` and `eval/step_<k>.json` under the workdir.
+text table, under eval/<set>/), to `eval/step_<k>_<set>.png` and `eval/step_<k>.json` (both sets)
+under the workdir.
 
 For other data sources there are no labels to judge by; the hook still generates and answers
 from the synthetic prompts, so a run always shows what the model does [ours].
@@ -24,15 +33,26 @@ from mmar_jax.data import synthetic, synthetic_judge
 from mmar_jax.infer import describe, generate_image, image_io
 from mmar_jax.train import experiment, metrics
 
-HELD_OUT_SEED_OFFSET = 1_000_003  # Training draws (seed, index) with this seed never.
+HELD_OUT_SEED_OFFSET = 1_000_003  # Training draws (seed, index) with this seed (or the next) never.
 MAX_ANSWER_TOKENS = 32
+TITLES = {"unseen": "unseen combinations (never trained on)", "seen": "seen combinations (new records)"}
 
 
-def held_out_records(config, count: int) -> list[dict]:
-  cfg = synthetic.SyntheticConfig(num_records=count, image_size=config.tokenizer.image_size,
-                                  seed=config.data.seed + HELD_OUT_SEED_OFFSET,
-                                  noisy_backgrounds=config.data.synthetic_noisy_backgrounds)
-  return [synthetic.sample(cfg, i) for i in range(count)]
+def evaluation_sets(config, count: int) -> dict[str, list[dict]]:
+  """`count` records of each evaluation set: {'unseen': ..., 'seen': ...} ('seen' only when
+  config.data.synthetic_held_out_modulus is 0)."""
+  modulus = config.data.synthetic_held_out_modulus
+
+  def draw(held_out: bool, offset: int) -> list[dict]:
+    cfg = synthetic.SyntheticConfig(num_records=count, image_size=config.tokenizer.image_size,
+                                    seed=config.data.seed + offset,
+                                    noisy_backgrounds=config.data.synthetic_noisy_backgrounds,
+                                    held_out_modulus=modulus, held_out=held_out)
+    return [synthetic.sample(cfg, i) for i in range(count)]
+
+  sets = {"unseen": draw(True, HELD_OUT_SEED_OFFSET)} if modulus else {}
+  sets["seen"] = draw(False, HELD_OUT_SEED_OFFSET + 1)
+  return sets
 
 
 def _ids(exp: experiment.Experiment, text: str) -> list[int]:
@@ -104,10 +124,11 @@ def write_json(path: str, value: Any) -> None:
   path.write_text(json.dumps(value, indent=1))
 
 
-def table(result: dict[str, Any]) -> str:
-  """A plain-text report: generation correctness and answer accuracy, each beside its chance level."""
+def table(result: dict[str, Any], name: str) -> str:
+  """A plain-text report of set `name`: generation correctness and answer accuracy, each beside
+  its chance level."""
   s = result["summary"]
-  lines = [f"{'held-out evaluation':<40}{'model':>8}{'chance':>8}", "generated images, judged from pixels:"]
+  lines = [f"{TITLES[name]:<40}{'model':>8}{'chance':>8}", "generated images, judged from pixels:"]
   for key in ("colour", "shape", "position", "size", "all", "count"):
     lines.append(f"  {key:<38}{s[f'generation/{key}']:>8.1%}{s[f'generation/{key}_chance']:>8.1%}")
   lines.append(f"{'questions answered exactly':<40}{s['understanding/accuracy']:>8.1%}"
@@ -117,26 +138,43 @@ def table(result: dict[str, Any]) -> str:
     by_kind.setdefault(_question_kind(u["question"]), []).append(u["correct"])
   for kind, hits in sorted(by_kind.items()):
     lines.append(f"  {kind + ' ...':<38}{np.mean(hits):>8.1%}  ({sum(hits)}/{len(hits)})")
-  lines.append("chance: images judged against another caption's labels; answers: the most common answer of "
-               "each question kind")
   return "\n".join(lines)
 
 
+CHANCE_NOTE = ("chance: images judged against another caption's labels; answers: the most common answer of "
+               "each question kind")
+
+
+def write_results(path: str, sets: dict[str, list[dict]], results: dict[str, dict], grid_size: int | None = None):
+  """`<path>_<set>.png` (the first `grid_size` prompts and images of each set, all when None) and
+  `<path>.json` ({set: scores and answers}); returns each set's grid image (HWC uint8)."""
+  grids = {name: image_io.grid_png(results[name]["images"][:grid_size],
+                                   [r["caption"] for r in records[:grid_size]], f"{path}_{name}.png")
+           for name, records in sets.items()}
+  write_json(f"{path}.json", {name: {k: v for k, v in result.items() if k != "images"}
+                              for name, result in results.items()})
+  return grids
+
+
 def make_hook(config, workdir: str):
-  """The loop's periodic hook: evaluate on config.train.eval_samples held-out records and log."""
-  records = held_out_records(config, config.train.eval_samples)
-  writer = metrics.Writer(metrics.logdir(workdir))
+  """The loop's periodic hook: evaluate on config.train.eval_samples records of each set and log."""
+  sets = evaluation_sets(config, config.train.eval_samples)
 
   def hook(exp: experiment.Experiment, params: Any, step: int) -> None:
-    result = evaluate(exp, params, records, seed=config.seed)
+    results = {name: evaluate(exp, params, records, seed=config.seed) for name, records in sets.items()}
     if jax.process_index() != 0:
       return
-    path = checkpoint.path_of(workdir) / "eval" / f"step_{step}"
-    grid = image_io.grid_png(result["images"], [r["caption"] for r in records], f"{path}.png")
-    write_json(f"{path}.json", {k: v for k, v in result.items() if k != "images"})
-    writer.scalars(step, {f"eval/{k}": v for k, v in result["summary"].items()})
-    writer.images(step, "eval/generated", grid)
-    writer.text(step, "eval/answers", "\n\n".join(f"{u['question']} -> {u['answer']} (expected {u['expected']})"
-                                                  for u in result["understanding"]))
+    grids = write_results(str(checkpoint.path_of(workdir) / "eval" / f"step_{step}"), sets, results)
+    # A writer per evaluation, closed at its end: one left open for the run lost the last
+    # evaluation's final event (nothing closed it at exit).
+    writer = metrics.Writer(metrics.logdir(workdir))
+    try:
+      for name, result in results.items():
+        writer.scalars(step, {f"eval/{name}/{k}": v for k, v in result["summary"].items()})
+        writer.images(step, f"eval/{name}/generated", grids[name])
+        writer.text(step, f"eval/{name}/answers", "\n\n".join(
+            f"{u['question']} -> {u['answer']} (expected {u['expected']})" for u in result["understanding"]))
+    finally:
+      writer.close()
 
   return hook

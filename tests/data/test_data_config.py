@@ -13,6 +13,7 @@ from mmar_jax import configs
     ("caption_dropout", 1.5, r"config.data.caption_dropout=1.5 must be in \[0, 1\]"),
     ("num_workers", -1, "config.data.num_workers=-1"),
     ("qa_turns", 0, "config.data.qa_turns=0 must be positive"),
+    ("synthetic_held_out_modulus", 1, r"config.data.synthetic_held_out_modulus=1 must be 0 .* or in \[2, 9\]"),
 ])
 def test_bad_data_fields_fail_by_name(field, value, match):
   config = configs.load_config("configs/demo.py")

@@ -55,31 +55,35 @@ def test_init_from_hf_then_train_then_evaluate(tmp_path):
 
 
 def check_evaluate_output(workdir: str, step: int, samples: int, stdout: str) -> None:
-  """evaluate's JSON is an in-process evaluation of the same checkpoint, its table prints the JSON's
-  numbers, and its PNG holds the generated images (each at 4x, nearest, in a 4-column grid)."""
+  """evaluate's JSON is an in-process evaluation of the same checkpoint (each set), its tables print
+  the JSON's numbers, and each set's PNG holds its generated images (4x, nearest, a 4-column grid)."""
   path = os.path.join(workdir, "eval", f"final_step_{step}")
   with open(f"{path}.json", encoding="utf-8") as f:
     written = json.load(f)
   params, config, loaded_step = checkpoint.load_params(workdir, None)
   assert loaded_step == step
-  records = evaluation.held_out_records(config, samples)
-  result = evaluation.evaluate(experiment.build(config), params, records, seed=0)
-  assert written == json.loads(json.dumps({k: v for k, v in result.items() if k != "images"}))
-  s = written["summary"]
-  for key in ("colour", "shape", "position", "size", "all", "count"):
-    printed = re.search(rf"^  {key} +([\d.]+)% +([\d.]+)%$", stdout, re.M)
-    assert printed, (key, stdout)
-    assert [float(v) for v in printed.groups()] == [round(100 * s[f"generation/{key}"], 1),
-                                                     round(100 * s[f"generation/{key}_chance"], 1)], key
-  printed = re.search(r"^questions answered exactly +([\d.]+)% +([\d.]+)%$", stdout, re.M)
-  assert [float(v) for v in printed.groups()] == [round(100 * s["understanding/accuracy"], 1),
-                                                   round(100 * s["understanding/majority_baseline"], 1)]
-  grid = np.asarray(Image.open(f"{path}.png").convert("RGB"))
-  size = 4 * result["images"].shape[1]
-  cell_w = max(size, 160)
-  for i, image in enumerate(result["images"][:16]):
-    x, y = (i % 4) * cell_w + (cell_w - size) // 2, (i // 4) * (size + 40)
-    np.testing.assert_array_equal(grid[y:y + size, x:x + size], image.repeat(4, 0).repeat(4, 1))
+  exp = experiment.build(config)
+  sets = evaluation.evaluation_sets(config, samples)
+  assert set(written) == set(sets) == {"unseen", "seen"}
+  for name, records in sets.items():
+    result = evaluation.evaluate(exp, params, records, seed=0)
+    assert written[name] == json.loads(json.dumps({k: v for k, v in result.items() if k != "images"})), name
+    s = written[name]["summary"]
+    table = stdout[stdout.index(evaluation.TITLES[name]):]  # This set's table and what follows it.
+    for key in ("colour", "shape", "position", "size", "all", "count"):
+      printed = re.search(rf"^  {key} +([\d.]+)% +([\d.]+)%$", table, re.M)
+      assert printed, (name, key, stdout)
+      assert [float(v) for v in printed.groups()] == [round(100 * s[f"generation/{key}"], 1),
+                                                       round(100 * s[f"generation/{key}_chance"], 1)], (name, key)
+    printed = re.search(r"^questions answered exactly +([\d.]+)% +([\d.]+)%$", table, re.M)
+    assert [float(v) for v in printed.groups()] == [round(100 * s["understanding/accuracy"], 1),
+                                                     round(100 * s["understanding/majority_baseline"], 1)], name
+    grid = np.asarray(Image.open(f"{path}_{name}.png").convert("RGB"))
+    size = 4 * result["images"].shape[1]
+    cell_w = max(size, 160)
+    for i, image in enumerate(result["images"][:16]):
+      x, y = (i % 4) * cell_w + (cell_w - size) // 2, (i // 4) * (size + 40)
+      np.testing.assert_array_equal(grid[y:y + size, x:x + size], image.repeat(4, 0).repeat(4, 1))
 
 
 def test_init_from_hf_names_an_architecture_mismatch(tmp_path):
