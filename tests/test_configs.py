@@ -87,3 +87,12 @@ def test_a_rule_table_missing_an_axis_fails_by_name():
   config.mesh.logical_axis_rules = tuple(r for r in config.mesh.logical_axis_rules if r[0] != "activation_mlp")
   with pytest.raises(configs.ConfigError, match=r"no rule for logical axes \['activation_mlp'\]"):
     configs.validate(config)
+
+
+def test_an_older_snapshot_without_the_held_out_split_holds_nothing_out():
+  # A run from before the split trained on every triple: its "unseen" table would be a lie.
+  config = configs.load_config("configs/demo.py")
+  snapshot = json.loads(json.dumps(config.to_dict()))
+  assert configs.from_dict(snapshot).data.synthetic_held_out_modulus == 9
+  del snapshot["data"]["synthetic_held_out_modulus"]
+  assert configs.from_dict(snapshot).data.synthetic_held_out_modulus == 0

@@ -49,6 +49,9 @@ def from_dict(snapshot: dict) -> ml_collections.ConfigDict:
         node[key] = value
 
   assign(config, snapshot, "")
+  # A run from before held-out combinations trained on every triple: it holds none out.
+  if "synthetic_held_out_modulus" not in snapshot.get("data", {}):
+    config.data.synthetic_held_out_modulus = 0
   # A snapshot written before a logical axis existed has no rule for it: that axis gets the
   # schema's rule, so older checkpoints still open.
   named = {name for name, _ in config.mesh.logical_axis_rules}
