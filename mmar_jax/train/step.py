@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from mmar_jax.batch import Batch
 from mmar_jax.models.mmar import MMAR, MaskRatioConfig, draw_generation_mask
 from mmar_jax.models.tokenizers import ImageTokenizer
 from mmar_jax.train import optimizer
@@ -33,20 +34,20 @@ class StepConfig:
     return cls(mask_ratio=MaskRatioConfig.from_config(config), grad_accum_steps=config.train.grad_accum_steps)
 
 
-def image_tokens(tokenizer: ImageTokenizer, tokenizer_params: Any, batch: dict[str, Array], rng: PRNGKeyArray
+def image_tokens(tokenizer: ImageTokenizer, tokenizer_params: Any, batch: Batch, rng: PRNGKeyArray
                  ) -> Float[Array, "b m n c"]:
   """The batch's images as continuous tokens: precomputed `image_tokens` (a latent cache), or the
   tokenizer's encoding of the uint8 `images` mapped to [-1, 1]."""
-  if "image_tokens" in batch:
-    return batch["image_tokens"].astype(jnp.float32)
-  images = batch["images"]
+  if batch.image_tokens is not None:
+    return batch.image_tokens.astype(jnp.float32)
+  images = batch.images
   b, m = images.shape[:2]
   pixels = images.reshape((b * m,) + images.shape[2:]).astype(jnp.float32) / 127.5 - 1.0
   tokens = tokenizer.encode(tokenizer_params, pixels, rng)
   return jax.lax.stop_gradient(tokens.reshape((b, m) + tokens.shape[1:]).astype(jnp.float32))
 
 
-def _micro_batches(batch: dict[str, Array], num: int) -> dict[str, Array]:
+def _micro_batches(batch: Batch, num: int) -> Batch:
   """[B, ...] -> [num, B / num, ...], micro-batch i = rows i, i + num, ... so that each device's
   contiguous block of rows feeds every micro-batch and no rows move between devices."""
   def split(x):
@@ -65,13 +66,13 @@ def make_train_step(model: MMAR, tokenizer: ImageTokenizer, tx: optax.GradientTr
   def loss_fn(params, batch, tokenizer_params, rng):
     token_rng, mask_rng, loss_rng = jax.random.split(rng, 3)
     tokens = image_tokens(tokenizer, tokenizer_params, batch, token_rng)
-    generate_mask = draw_generation_mask(mask_rng, batch["image_task"], tokens.shape[2], cfg.mask_ratio)
+    generate_mask = draw_generation_mask(mask_rng, batch.image_task, tokens.shape[2], cfg.mask_ratio)
     out = model.apply({"params": params}, batch, tokens, generate_mask, loss_rng)
     return out.loss, {"loss": out.loss, "ce": out.ce, "v_loss": out.v_loss, "head_overflow": out.head_overflow}
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def train_step(state: TrainState, batch: dict[str, Array], tokenizer_params: Any
+  def train_step(state: TrainState, batch: Batch, tokenizer_params: Any
                  ) -> tuple[TrainState, dict[str, Array]]:
     rng = state.step_key()
     if cfg.grad_accum_steps == 1:
@@ -97,7 +98,7 @@ def make_train_step(model: MMAR, tokenizer: ImageTokenizer, tx: optax.GradientTr
     metrics = dict(parts, grad_norm=optax.tree.norm(grads), learning_rate=learning_rate(state.step),
                    skipped=(consecutive > 0).astype(jnp.int32),
                    consecutive_skips=consecutive, total_skips=total,
-                   tokens=jnp.sum(batch["segment_ids"] > 0), images=jnp.sum(batch["image_valid"]))
+                   tokens=jnp.sum(batch.segment_ids > 0), images=jnp.sum(batch.image_valid))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng), metrics
 
   return train_step
