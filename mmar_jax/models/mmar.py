@@ -273,8 +273,8 @@ class MMAR(nn.Module):
                         compute_logits=False)
     return out.hidden
 
-  def head_prediction(self, x_t: Float[Array, "m c"], t: Float[Array, " m"], z: Float[Array, "m d"]
-                      ) -> Float[Array, "m c"]:
+  def head_prediction(self, x_t: Float[Array, "b c"], t: Float[Array, " b"], z: Float[Array, "b d"]
+                      ) -> Float[Array, "b c"]:
     """The diffusion head's prediction (v, eps or x0 per the config) for the samplers."""
     return self.head(x_t, t, z)
 
