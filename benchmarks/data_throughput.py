@@ -50,7 +50,7 @@ def pipeline_rate(config, workers: int, batches: int) -> tuple[float, float]:
   for _ in range(5):
     next(it)
   start = time.perf_counter()
-  samples = sum(int(next(it)["image_valid"].sum()) for _ in range(batches))
+  samples = sum(int(next(it).image_valid.sum()) for _ in range(batches))
   seconds = time.perf_counter() - start
   it.close()
   return samples / seconds, batches * pc.batch_size / seconds
@@ -64,8 +64,8 @@ def step_proxy_rate(config, batches: int) -> tuple[float, float]:
   it = iter(pipeline.build_dataset(pc, text_tokenizer.load(config.data.tokenizer)))
   host = [next(it) for _ in range(batches)]
   model = Backbone(BackboneConfig.from_config(config))
-  params = model.init(jax.random.key(0), jnp.asarray(host[0]["input_ids"]), jnp.asarray(host[0]["positions"]),
-                      segment_ids=jnp.asarray(host[0]["segment_ids"]))
+  params = model.init(jax.random.key(0), jnp.asarray(host[0].input_ids), jnp.asarray(host[0].positions),
+                      segment_ids=jnp.asarray(host[0].segment_ids))
 
   @jax.jit
   def grads(params, batch):
@@ -76,14 +76,14 @@ def step_proxy_rate(config, batches: int) -> tuple[float, float]:
     return jax.grad(loss)(params)
 
   keys = ("input_ids", "positions", "segment_ids", "targets", "text_loss_mask")
-  device = [{k: jnp.asarray(b[k]) for k in keys} for b in host]
+  device = [{k: jnp.asarray(getattr(b, k)) for k in keys} for b in host]
   jax.block_until_ready(grads(params, device[0]))  # Compile.
   start = time.perf_counter()
   for b in device:
     out = grads(params, b)
   jax.block_until_ready(out)
   seconds = time.perf_counter() - start
-  samples = sum(int(b["image_valid"].sum()) for b in host)
+  samples = sum(int(b.image_valid.sum()) for b in host)
   return samples / seconds, batches * pc.batch_size / seconds
 
 

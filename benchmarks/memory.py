@@ -100,10 +100,9 @@ def compile_step(config, exp, tx, mesh, shardings, rows_per_shard: int = 1) -> d
   rows = mesh.shape["data"] * mesh.shape["fsdp"] * rows_per_shard
   config.data.batch_size = rows
   abstract_state = state_lib.abstract(exp.init_params, tx, config.seed, shardings)
-  inputs, image_tokens, _ = exp.dummy_inputs(rows)
+  inputs, _ = exp.dummy_inputs(rows)
   batch_sharding = pipeline.batch_sharding(mesh, config.mesh.logical_axis_rules)
-  batch = {key: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
-           for key, v in dict(inputs, image_tokens=image_tokens).items()}
+  batch = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding), inputs)
   fn = step_lib.make_train_step(exp.model, exp.image_tokenizer, tx, optimizer.learning_rate_schedule(config.train),
                                 step_lib.StepConfig.from_config(config))
   start = time.perf_counter()

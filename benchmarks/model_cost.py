@@ -14,12 +14,14 @@ tokenizer (cached latents) is not counted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from mmar_jax import configs
+from mmar_jax.batch import Batch
 from mmar_jax.models.backbone import count_params
 from mmar_jax.models.diffusion_head import DiffusionHead
 from mmar_jax.models.mmar import MMAR, MMARConfig
@@ -66,10 +68,9 @@ def split_params(params) -> dict[str, int]:
 def abstract_params(config, num_tokens: int):
   cfg = MMARConfig.from_config(config, mask_token_id=config.model.vocab_size - 1)
   length = config.data.seq_len
-  batch = {"input_ids": jnp.zeros((1, length), jnp.int32), "targets": jnp.zeros((1, length), jnp.int32),
-           "text_loss_mask": jnp.zeros((1, length)), "segment_ids": jnp.ones((1, length), jnp.int32),
-           "positions": jnp.zeros((1, length), jnp.int32), "image_valid": jnp.ones((1, 1), bool),
-           "image_slots": jnp.zeros((1, 1, num_tokens), jnp.int32)}
+  zeros = Batch.zeros(1, length, 1, num_tokens)
+  batch = dataclasses.replace(jax.tree.map(jnp.asarray, zeros), segment_ids=jnp.ones((1, length), jnp.int32),
+                              image_valid=jnp.ones((1, 1), bool))
   tokens = jnp.zeros((1, 1, num_tokens, configs.image_token_dim(config)))
   mask = jnp.zeros((1, 1, num_tokens), bool)
   init = lambda: MMAR(cfg).init(jax.random.key(0), batch, tokens, mask, jax.random.key(1))  # noqa: E731

@@ -3,29 +3,13 @@
 Per host (`process_index` of `process_count`):
   MapDataset.source -> seed -> shuffle (a new order each epoch) -> this host's slice -> repeat ->
   random_map(decode + task sequence) -> to_iter_dataset -> mp_prefetch (worker processes) ->
-  skip corrupt -> pack (FirstFit) or pad -> row -> batch(batch_size // process_count)
+  skip corrupt -> pack (FirstFit) or pad -> row -> batch(batch_size // process_count) -> Batch
 Everything after the workers is cheap numpy and stateful only through grain iterators, so the
 iterator's state (grain.checkpoint.CheckpointSave / CheckpointRestore in an Orbax checkpoint)
 resumes the exact batch sequence, whatever the number of workers.
 
-The batch dict (host-local numpy; `to_global` makes jax.Arrays over the mesh's data axes):
-  input_ids        [B, L] int32    token ids; image slots hold <mask>, padding <|endoftext|>
-  targets          [B, L] int32    next token within the sequence (padding id at a sequence's end)
-  text_loss_mask   [B, L] float32  1 where targets get cross-entropy: answers (+ <|im_end|>) of
-                                   understanding, captions (+ <boi>) of generation if caption_loss
-  diffusion_loss_mask [B, L] float32  1 on the image slots of generation images
-  token_type       [B, L] int32    0 text, 1 image slot
-  segment_ids      [B, L] int32    1.. per packed sequence, 0 padding (masks.causal_segment_mask)
-  positions        [B, L] int32    position within its sequence, restarting at 0 per segment
-  images           [B, M, H, W, 3] uint8  the row's images in sequence order (zeros when invalid)
-  image_moments    [B, M, h, w, 2z] float32  instead of images from source 'latents': each image's
-                                   posterior [mean | logvar] (or its mirror's, drawn per record and
-                                   epoch), NHWC on the VAE's latent grid; the step samples the latent
-  image_valid      [B, M] bool
-  image_slots      [B, M, N] int32 sequence positions of each image's N tokens (0 when invalid)
-  image_task       [B, M] int32    0 understanding (image in), 1 generation (image out)
-  record_index     [B, M] int32    source index of each image's record (-1 invalid), to look up labels
-with L = seq_len, N = num_image_tokens, M = 1 unpacked or seq_len // (N + 4) packed.
+Each element is a `mmar_jax.batch.Batch` of host-local numpy arrays (the fields' contract is
+there); `to_global` makes jax.Arrays of it over the mesh's data axes.
 """
 
 from __future__ import annotations
@@ -39,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tokenizers import Tokenizer
 
 import grain
+from mmar_jax.batch import Batch
 from mmar_jax.data import decode, latent_source, sequences, synthetic, text_tokenizer
 from mmar_jax.data.manifest import ManifestSource
 from mmar_jax.data.tfds_source import TfdsConfig, TfdsSource
@@ -129,7 +114,7 @@ def host_batch_size(config: PipelineConfig, process_count: int) -> int:
 
 def build_dataset(config: PipelineConfig, tokenizer: Tokenizer, *, source=None, process_index: int | None = None,
                   process_count: int | None = None, start: int = 0) -> grain.IterDataset:
-  """This host's infinite stream of batches (numpy dicts, see the module docstring).
+  """This host's infinite stream of batches (`Batch`es of numpy arrays).
 
   `process_index` / `process_count` default to jax's; tests pass them to simulate hosts.
   `start` skips that many records of this host's slice (a resume at another process count
@@ -165,7 +150,8 @@ def build_dataset(config: PipelineConfig, tokenizer: Tokenizer, *, source=None, 
         padding_struct=padding)
     ds = ds.map(sequences.packed_to_row)
   ds = ds.map(lambda row: sequences.finalize_row(row, seq))
-  return ds.batch(host_batch_size(config, process_count), drop_remainder=True)
+  # The rows' keys are Batch's fields: the one place a Batch is made from data.
+  return ds.batch(host_batch_size(config, process_count), drop_remainder=True).map(lambda rows: Batch(**rows))
 
 
 def corrupt_counts(iterator: grain.DatasetIterator) -> dict[str, int]:
@@ -184,7 +170,7 @@ def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(mesh_lib.mesh_axes("batch", rules)))
 
 
-def to_global(batch: dict[str, np.ndarray], mesh: Mesh, rules) -> dict[str, jax.Array]:
+def to_global(batch: Batch, mesh: Mesh, rules) -> Batch:
   """Host-local batches from every host -> global jax.Arrays, split over the mesh as `rules` say."""
   sharding = batch_sharding(mesh, rules)
-  return {key: jax.make_array_from_process_local_data(sharding, value) for key, value in batch.items()}
+  return jax.tree.map(lambda value: jax.make_array_from_process_local_data(sharding, value), batch)

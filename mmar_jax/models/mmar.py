@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from mmar_jax import configs
+from mmar_jax.batch import Batch
 from mmar_jax.diffusion.losses import diffusion_loss
 from mmar_jax.diffusion.schedule import Schedule
 from mmar_jax.models import masks
@@ -188,29 +189,29 @@ class MMAR(nn.Module):
       adapted = adapted + self.image_positions.astype(adapted.dtype)
     return _scatter(x, image_slots, image_valid, adapted)
 
-  def __call__(self, batch: dict[str, Array], image_tokens: Float[Array, "b m n c"],
+  def __call__(self, batch: Batch, image_tokens: Float[Array, "b m n c"],
                generate_mask: Bool[Array, "b m n"], rng: PRNGKeyArray) -> MMAROutput:
     """Forward pass and losses for a pipeline batch with its images already tokenized.
 
-    `batch`: input_ids, targets, text_loss_mask, segment_ids, positions, image_slots,
-    image_valid (see `mmar_jax.data.pipeline`). `generate_mask` comes from
+    Reads `batch`'s input_ids, targets, text_loss_mask, segment_ids, positions, image_slots and
+    image_valid (the images are `image_tokens`). `generate_mask` comes from
     `draw_generation_mask`; `rng` draws the diffusion timesteps and noise.
     """
     cfg = self.cfg
-    input_ids = batch["input_ids"]
-    image_valid = batch["image_valid"].astype(bool)
-    image_slots = batch["image_slots"]
+    input_ids = batch.input_ids
+    image_valid = batch.image_valid.astype(bool)
+    image_slots = batch.image_slots
     generate_mask = generate_mask & image_valid[..., None]
     x = self.embed_inputs(input_ids, image_tokens, image_slots, image_valid, generate_mask)
     spans = image_span_ids(image_slots, image_valid, input_ids.shape[1])
-    attention_mask = masks.mmar_attention_mask(batch["segment_ids"], spans)
-    out = self.backbone(positions=batch["positions"], inputs_embeds=x, segment_ids=batch["segment_ids"],
+    attention_mask = masks.mmar_attention_mask(batch.segment_ids, spans)
+    out = self.backbone(positions=batch.positions, inputs_embeds=x, segment_ids=batch.segment_ids,
                         attention_mask=attention_mask)
 
     # Cross-entropy: log-softmax in float32 (the logits already are), mean over its own tokens.
     log_probs = jax.nn.log_softmax(out.logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(log_probs, batch["targets"][..., None].astype(jnp.int32), axis=-1)[..., 0]
-    text_weight = batch["text_loss_mask"].astype(jnp.float32)
+    nll = -jnp.take_along_axis(log_probs, batch.targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    text_weight = batch.text_loss_mask.astype(jnp.float32)
     ce = jnp.sum(nll * text_weight) / jnp.maximum(jnp.sum(text_weight), 1.0)
 
     # v-loss: z at a masked slot predicts that slot's clean token [MAR]; mean over masked tokens.
@@ -272,8 +273,8 @@ class MMAR(nn.Module):
                         compute_logits=False)
     return out.hidden
 
-  def head_prediction(self, x_t: Float[Array, "m c"], t: Float[Array, " m"], z: Float[Array, "m d"]
-                      ) -> Float[Array, "m c"]:
+  def head_prediction(self, x_t: Float[Array, "b c"], t: Float[Array, " b"], z: Float[Array, "b d"]
+                      ) -> Float[Array, "b c"]:
     """The diffusion head's prediction (v, eps or x0 per the config) for the samplers."""
     return self.head(x_t, t, z)
 

@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 from tokenizers import Tokenizer
 
+from mmar_jax.batch import Batch
 from mmar_jax.convert import vae_ckpt
 from mmar_jax.data import sequences, text_tokenizer
 from mmar_jax.models import tokenizers
@@ -33,24 +34,20 @@ class Experiment:
   def num_image_tokens(self) -> int:
     return self.image_tokenizer.num_tokens
 
-  def dummy_inputs(self, batch: int = 1) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """Zero inputs of the training shapes (batch rows), for init and for compiling without data."""
+  def dummy_inputs(self, batch: int = 1) -> tuple[Batch, np.ndarray]:
+    """Zero inputs of the training shapes (batch rows), for init and for compiling without data:
+    the batch, with image tokens (as a latent cache gives them), and a generation mask."""
     seq = sequences.SequenceConfig.from_config(self.config)
-    length, m, n = seq.seq_len, seq.max_images, self.num_image_tokens
-    zeros = lambda *shape: np.zeros(shape, np.int32)  # noqa: E731
-    inputs = dict(input_ids=zeros(batch, length), targets=zeros(batch, length),
-                  text_loss_mask=np.zeros((batch, length), np.float32), segment_ids=zeros(batch, length),
-                  positions=zeros(batch, length), image_slots=zeros(batch, m, n),
-                  image_valid=np.zeros((batch, m), bool), image_task=zeros(batch, m))
-    image_tokens = np.zeros((batch, m, n, self.image_tokenizer.token_dim), np.float32)
-    return inputs, image_tokens, np.zeros((batch, m, n), bool)
+    inputs = Batch.zeros(batch, seq.seq_len, seq.max_images, self.num_image_tokens,
+                         token_dim=self.image_tokenizer.token_dim)
+    return inputs, np.zeros(inputs.image_slots.shape, bool)
 
   def init_params(self, key: jax.Array) -> Any:
     """The model's fresh params, boxed with their logical axes (for `state.create`)."""
-    inputs, image_tokens, generate_mask = self.dummy_inputs()
+    inputs, generate_mask = self.dummy_inputs()
     init_key, loss_key = jax.random.split(key)
-    return self.model.init(init_key, jax.tree.map(jnp.asarray, inputs), jnp.asarray(image_tokens),
-                           jnp.asarray(generate_mask), loss_key)["params"]
+    inputs = jax.tree.map(jnp.asarray, inputs)
+    return self.model.init(init_key, inputs, inputs.image_tokens, jnp.asarray(generate_mask), loss_key)["params"]
 
   def image_tokenizer_params(self) -> Any:
     """The frozen tokenizer's weights (the VAE's; `{}` for patches), loaded as the config says."""

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from mmar_jax.batch import Batch
 from mmar_jax.models.mmar import MMAR, MaskRatioConfig, draw_generation_mask
 from mmar_jax.models.tokenizers import ImageTokenizer
 from mmar_jax.train import optimizer
@@ -35,27 +36,27 @@ class StepConfig:
                sample_posterior=config.tokenizer.sample_posterior)
 
 
-def image_tokens(tokenizer: ImageTokenizer, tokenizer_params: Any, batch: dict[str, Array], rng: PRNGKeyArray | None
+def image_tokens(tokenizer: ImageTokenizer, tokenizer_params: Any, batch: Batch, rng: PRNGKeyArray | None
                  ) -> Float[Array, "b m n c"]:
   """The batch's images as continuous tokens: precomputed `image_tokens` (tests feed non-finite
   ones), tokens of the latent cache's `image_moments` (sampled, scaled and grouped exactly as the
   KL-16 tokenizer does pixels), or the tokenizer's encoding of the uint8 `images` mapped to
   [-1, 1]. `rng` None takes the posterior mean."""
-  if "image_tokens" in batch:
-    return batch["image_tokens"].astype(jnp.float32)
-  if "image_moments" in batch:
-    moments = batch["image_moments"]
+  if batch.image_tokens is not None:
+    return batch.image_tokens.astype(jnp.float32)
+  if batch.image_moments is not None:
+    moments = batch.image_moments
     b, m = moments.shape[:2]
     tokens = tokenizer.tokens_from_moments(moments.reshape((b * m,) + moments.shape[2:]), rng)
   else:
-    images = batch["images"]
+    images = batch.images
     b, m = images.shape[:2]
     pixels = images.reshape((b * m,) + images.shape[2:]).astype(jnp.float32) / 127.5 - 1.0
     tokens = tokenizer.encode(tokenizer_params, pixels, rng)
   return jax.lax.stop_gradient(tokens.reshape((b, m) + tokens.shape[1:]).astype(jnp.float32))
 
 
-def _micro_batches(batch: dict[str, Array], num: int) -> dict[str, Array]:
+def _micro_batches(batch: Batch, num: int) -> Batch:
   """[B, ...] -> [num, B / num, ...], micro-batch i = rows i, i + num, ... so that each device's
   contiguous block of rows feeds every micro-batch and no rows move between devices."""
   def split(x):
@@ -74,13 +75,13 @@ def make_train_step(model: MMAR, tokenizer: ImageTokenizer, tx: optax.GradientTr
   def loss_fn(params, batch, tokenizer_params, rng):
     token_rng, mask_rng, loss_rng = jax.random.split(rng, 3)
     tokens = image_tokens(tokenizer, tokenizer_params, batch, token_rng if cfg.sample_posterior else None)
-    generate_mask = draw_generation_mask(mask_rng, batch["image_task"], tokens.shape[2], cfg.mask_ratio)
+    generate_mask = draw_generation_mask(mask_rng, batch.image_task, tokens.shape[2], cfg.mask_ratio)
     out = model.apply({"params": params}, batch, tokens, generate_mask, loss_rng)
     return out.loss, {"loss": out.loss, "ce": out.ce, "v_loss": out.v_loss, "head_overflow": out.head_overflow}
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def train_step(state: TrainState, batch: dict[str, Array], tokenizer_params: Any
+  def train_step(state: TrainState, batch: Batch, tokenizer_params: Any
                  ) -> tuple[TrainState, dict[str, Array]]:
     rng = state.step_key()
     if cfg.grad_accum_steps == 1:
@@ -106,7 +107,7 @@ def make_train_step(model: MMAR, tokenizer: ImageTokenizer, tx: optax.GradientTr
     metrics = dict(parts, grad_norm=optax.tree.norm(grads), learning_rate=learning_rate(state.step),
                    skipped=(consecutive > 0).astype(jnp.int32),
                    consecutive_skips=consecutive, total_skips=total,
-                   tokens=jnp.sum(batch["segment_ids"] > 0), images=jnp.sum(batch["image_valid"]))
+                   tokens=jnp.sum(batch.segment_ids > 0), images=jnp.sum(batch.image_valid))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng), metrics
 
   return train_step

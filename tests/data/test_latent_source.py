@@ -140,29 +140,29 @@ def test_rows_are_the_manifests_tasks_with_the_stored_moments_and_both_flips(cac
   on_the_fly = batches(data_config(cache, ("data.source", "manifest")), epochs * NUM // 4)
   seen = {i: set() for i in range(NUM)}
   for c, m in zip(cached, on_the_fly):
-    assert "images" not in c and c["image_moments"].shape == (4, 1, SIZE // 2, SIZE // 2, 8)
-    assert c["image_moments"].dtype == np.float32
+    assert c.images is None and c.image_moments.shape == (4, 1, SIZE // 2, SIZE // 2, 8)
+    assert c.image_moments.dtype == np.float32
     # The same seed: the same records in the same order with the same tasks and texts.
     for key in ("input_ids", "targets", "text_loss_mask", "diffusion_loss_mask", "image_slots", "record_index"):
-      np.testing.assert_array_equal(c[key], m[key], err_msg=key)
-    for row, index in enumerate(c["record_index"][:, 0]):
+      np.testing.assert_array_equal(getattr(c, key), getattr(m, key), err_msg=key)
+    for row, index in enumerate(c.record_index[:, 0]):
       r = records[index]
-      flipped = [np.array_equal(c["image_moments"][row, 0], r[k]) for k in ("moments", "moments_flip")]
+      flipped = [np.array_equal(c.image_moments[row, 0], r[k]) for k in ("moments", "moments_flip")]
       assert sum(flipped) == 1, "the row's moments are neither the image's nor its mirror's"
       seen[index].add(flipped[1])
   # Every record trained both ways over the epochs, drawn from the seed (a second pass repeats it).
   assert all(s == {False, True} for s in seen.values()), seen
-  np.testing.assert_array_equal(batches(config, 3)[2]["image_moments"], cached[2]["image_moments"])
+  np.testing.assert_array_equal(batches(config, 3)[2].image_moments, cached[2].image_moments)
   # Conversations are understanding rows whose answer carries the loss; captions generate too.
   tok = text_tokenizer.load(config.data.tokenizer)
   red = tok.encode("red", add_special_tokens=False).ids
-  rows = [(b, i) for b in cached for i in range(4) if b["record_index"][i, 0] in (2, 5)]
-  assert rows and all(b["image_task"][i, 0] == 0 for b, i in rows)
-  assert all(list(b["targets"][i][b["text_loss_mask"][i] > 0][:-1]) == red for b, i in rows)
+  rows = [(b, i) for b in cached for i in range(4) if b.record_index[i, 0] in (2, 5)]
+  assert rows and all(b.image_task[i, 0] == 0 for b, i in rows)
+  assert all(list(b.targets[i][b.text_loss_mask[i] > 0][:-1]) == red for b, i in rows)
   # With the flip off, every row holds the image's own moments.
   for b in batches(data_config(cache, ("data.latents_flip", False)), 3):
-    for row, index in enumerate(b["record_index"][:, 0]):
-      np.testing.assert_array_equal(b["image_moments"][row, 0], records[index]["moments"])
+    for row, index in enumerate(b.record_index[:, 0]):
+      np.testing.assert_array_equal(b.image_moments[row, 0], records[index]["moments"])
 
 
 def test_packed_rows_carry_each_images_moments(cache):
@@ -170,11 +170,11 @@ def test_packed_rows_carry_each_images_moments(cache):
   records = [r for p in sorted((cache / "latents").glob("*.array_record")) for r in latent_cache.read_shard(str(p))]
   packed = 0
   for b in batches(config, 4):
-    assert b["image_moments"].shape == (4, 3, SIZE // 2, SIZE // 2, 8)  # 64 // (16 + 4): up to 3 images a row.
-    for row, slot in zip(*np.nonzero(b["image_valid"])):
-      np.testing.assert_array_equal(b["image_moments"][row, slot], records[b["record_index"][row, slot]]["moments"])
-    assert not b["image_moments"][~b["image_valid"]].any()
-    packed += int((b["image_valid"].sum(1) >= 2).sum())
+    assert b.image_moments.shape == (4, 3, SIZE // 2, SIZE // 2, 8)  # 64 // (16 + 4): up to 3 images a row.
+    for row, slot in zip(*np.nonzero(b.image_valid)):
+      np.testing.assert_array_equal(b.image_moments[row, slot], records[b.record_index[row, slot]]["moments"])
+    assert not b.image_moments[~b.image_valid].any()
+    packed += int((b.image_valid.sum(1) >= 2).sum())
   assert packed > 0
 
 
@@ -185,5 +185,5 @@ def test_hosts_read_disjoint_shares_of_each_epoch(cache):
   for host in range(2):
     it = iter(pipeline.build_dataset(pipeline.PipelineConfig.from_config(config), tok, process_index=host,
                                      process_count=2))
-    seen.append([int(next(it)["record_index"][0, 0]) for _ in range(NUM // 2)])  # One row a host a step.
+    seen.append([int(next(it).record_index[0, 0]) for _ in range(NUM // 2)])  # One row a host a step.
   assert not set(seen[0]) & set(seen[1]) and sorted(seen[0] + seen[1]) == list(range(NUM)), seen

@@ -51,9 +51,9 @@ def test_caption_jsonl_round_trips(tmp_path):
   batch = next(iter(pipeline.build_dataset(pc, TOK, process_index=0, process_count=1)))
   ids = text_tokenizer.special_ids(TOK)
   for b in range(8):
-    i = batch["record_index"][b, 0]
-    assert np.array_equal(batch["images"][b, 0], records[i]["image"])
-    row = batch["input_ids"][b].tolist()
+    i = batch.record_index[b, 0]
+    assert np.array_equal(batch.images[b, 0], records[i]["image"])
+    row = batch.input_ids[b].tolist()
     assert row[1:row.index(ids.boi)] == TOK.encode(records[i]["caption"]).ids
 
 
@@ -75,7 +75,7 @@ def test_llava_conversations_round_trip(tmp_path, layout):
   # Caption-less records always become understanding sequences.
   pc = pipeline_config(path, "data.num_workers=0", "data.generation_fraction=1.0")
   batch = next(iter(pipeline.build_dataset(pc, TOK, process_index=0, process_count=1)))
-  assert (batch["image_task"][:, 0] == 0).all()
+  assert (batch.image_task[:, 0] == 0).all()
 
 
 def _decoded(tmp_path, name, image):
@@ -127,7 +127,7 @@ def test_corrupt_records_are_skipped_counted_and_logged(tmp_path, caplog):
   pc = pipeline_config(path, "data.num_workers=1", "data.max_corrupt_fraction=0.3")
   it = iter(pipeline.build_dataset(pc, TOK, process_index=0, process_count=1))
   with caplog.at_level(logging.WARNING):
-    seen = np.concatenate([next(it)["record_index"][:, 0] for _ in range(15)])  # 120 good = 8 epochs
+    seen = np.concatenate([next(it).record_index[:, 0] for _ in range(15)])  # 120 good = 8 epochs
   it.close()
   assert not set(seen) & bad and set(seen) == set(range(21)) - bad
   counts = pipeline.corrupt_counts(it)

@@ -8,6 +8,7 @@ import orbax.checkpoint as ocp
 
 import grain
 from mmar_jax import configs
+from mmar_jax.batch import Batch
 from mmar_jax.data import pipeline, text_tokenizer
 from mmar_jax.train import mesh as mesh_lib
 
@@ -20,9 +21,9 @@ def pipeline_config(*overrides):
 
 
 def assert_batches_equal(a, b):
-  assert a.keys() == b.keys()
-  for key in a:
-    assert np.array_equal(a[key], b[key]), key
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    assert np.array_equal(x, y), jax.tree_util.keystr(path)
 
 
 def test_resumed_iterator_continues_exactly_with_workers(tmp_path):
@@ -37,7 +38,7 @@ def test_resumed_iterator_continues_exactly_with_workers(tmp_path):
   expected = [next(it) for _ in range(3)]
   it.close()
   # Without the restore a fresh iterator would replay the first batches, not these.
-  assert not np.array_equal(first[0]["record_index"], expected[0]["record_index"])
+  assert not np.array_equal(first[0].record_index, expected[0].record_index)
 
   resumed = iter(pipeline.build_dataset(pc, TOK, process_index=0, process_count=1))
   manager.restore(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed)))
@@ -65,7 +66,7 @@ def test_two_hosts_see_disjoint_records_covering_the_data():
   per_host = {}
   for host in (0, 1):
     it = iter(pipeline.build_dataset(pc, TOK, process_index=host, process_count=2))
-    epochs = [np.concatenate([next(it)["record_index"][:, 0] for _ in range(6)]) for _ in range(2)]  # 6 x 4 = 24
+    epochs = [np.concatenate([next(it).record_index[:, 0] for _ in range(6)]) for _ in range(2)]  # 6 x 4 = 24
     per_host[host] = epochs
     # Each epoch draws a new global permutation, so a host's share changes between epochs.
     assert len(set(epochs[0])) == len(set(epochs[1])) == 24
@@ -82,9 +83,11 @@ def test_host_batches_become_global_arrays_over_the_data_axes():
   pc = pipeline.PipelineConfig.from_config(config)
   batch = next(iter(pipeline.build_dataset(pc, TOK, process_index=0, process_count=1)))
   arrays = pipeline.to_global(batch, mesh, config.mesh.logical_axis_rules)
-  for key, value in arrays.items():
-    assert value.shape == batch[key].shape and value.dtype == batch[key].dtype, key
+  assert isinstance(arrays, Batch) and arrays.images is not None
+  for (path, value), host in zip(jax.tree_util.tree_leaves_with_path(arrays), jax.tree.leaves(batch), strict=True):
+    key = jax.tree_util.keystr(path)
+    assert value.shape == host.shape and value.dtype == host.dtype, key
     assert value.sharding.spec[0] == ("data", "fsdp")
     # Each device holds its own 1/8 of the rows.
     shard = value.addressable_shards[3]
-    assert shard.data.shape[0] == 1 and np.array_equal(np.asarray(shard.data), batch[key][shard.index])
+    assert shard.data.shape[0] == 1 and np.array_equal(np.asarray(shard.data), host[shard.index])

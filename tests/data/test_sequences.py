@@ -138,7 +138,7 @@ def packed_batch():
 
 def test_packed_rows_never_attend_across_segments(packed_batch):
   cfg, _, batch = packed_batch
-  seg = batch["segment_ids"]
+  seg = batch.segment_ids
   assert (seg.max(axis=1) >= 2).all(), "demo rows should pack several sequences"
   mask = np.asarray(masks.causal_segment_mask(jnp.asarray(seg)))
   q_seg, k_seg = seg[:, :, None], seg[:, None, :]
@@ -149,26 +149,26 @@ def test_packed_rows_never_attend_across_segments(packed_batch):
     for s in range(1, seg[b].max() + 1):
       where = np.flatnonzero(seg[b] == s)
       assert np.array_equal(where, np.arange(where[0], where[-1] + 1))  # Contiguous.
-      assert batch["positions"][b, where].tolist() == list(range(len(where)))  # Restarted.
-      assert np.array_equal(batch["targets"][b, where[:-1]], batch["input_ids"][b, where[1:]])
+      assert batch.positions[b, where].tolist() == list(range(len(where)))  # Restarted.
+      assert np.array_equal(batch.targets[b, where[:-1]], batch.input_ids[b, where[1:]])
       assert mask[b, where[-1], where].all()  # Causal within: the last token sees its whole segment.
 
 
 def test_packed_images_line_up_with_their_slots(packed_batch):
   cfg, source, batch = packed_batch
   n, m = cfg.image_tokens, cfg.max_images
-  assert batch["images"].shape == (8, m) + source[0]["image"].shape and batch["image_slots"].shape == (8, m, n)
+  assert batch.images.shape == (8, m) + source[0]["image"].shape and batch.image_slots.shape == (8, m, n)
   for b in range(8):
     segments = []
-    for j in np.flatnonzero(batch["image_valid"][b]):
-      slots = batch["image_slots"][b, j]
-      assert (batch["token_type"][b, slots] == sequences.IMAGE).all()
+    for j in np.flatnonzero(batch.image_valid[b]):
+      slots = batch.image_slots[b, j]
+      assert (batch.token_type[b, slots] == sequences.IMAGE).all()
       assert np.array_equal(slots, np.arange(slots[0], slots[0] + n))
-      assert batch["input_ids"][b, slots[0] - 1] == IDS.boi and batch["input_ids"][b, slots[-1] + 1] == IDS.eoi
-      segments.append(batch["segment_ids"][b, slots[0]])
-      assert np.array_equal(batch["images"][b, j], source[batch["record_index"][b, j]]["image"])
-      generation = batch["image_task"][b, j] == sequences.GENERATION
-      assert (batch["diffusion_loss_mask"][b, slots] == float(generation)).all()
+      assert batch.input_ids[b, slots[0] - 1] == IDS.boi and batch.input_ids[b, slots[-1] + 1] == IDS.eoi
+      segments.append(batch.segment_ids[b, slots[0]])
+      assert np.array_equal(batch.images[b, j], source[batch.record_index[b, j]]["image"])
+      generation = batch.image_task[b, j] == sequences.GENERATION
+      assert (batch.diffusion_loss_mask[b, slots] == float(generation)).all()
     assert segments == list(range(1, len(segments) + 1))  # One image a segment, in order.
-    assert (batch["record_index"][b, ~batch["image_valid"][b]] == -1).all()
-    assert (batch["token_type"][b].sum()) == n * batch["image_valid"][b].sum()
+    assert (batch.record_index[b, ~batch.image_valid[b]] == -1).all()
+    assert (batch.token_type[b].sum()) == n * batch.image_valid[b].sum()

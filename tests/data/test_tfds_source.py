@@ -100,7 +100,7 @@ def test_tfds_source_through_the_pipeline_with_a_worker(data_dir):
   tok = text_tokenizer.build_demo_tokenizer()
   it = iter(pipeline.build_dataset(pc, tok, process_index=0, process_count=1))
   try:
-    indices = np.concatenate([next(it)["record_index"][:, 0] for _ in range(3)])
+    indices = np.concatenate([next(it).record_index[:, 0] for _ in range(3)])
   except BaseException:
     for worker in multiprocessing.active_children():
       worker.terminate()

@@ -2,7 +2,7 @@
 
 The x0 errors the claims rest on are computed here in float64 from the head's raw float32 and
 bfloat16 outputs, with the conversions written out, independently of parameterization.to_x0_eps;
-the implementation's measurement (precision.bucket_errors, float32) must agree with them.
+the implementation's measurement (benchmarks/precision_study.bucket_errors, float32) must agree with them.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from mmar_jax.diffusion import precision, toy
+from benchmarks import diffusion_toy as toy
+from benchmarks import precision_study as precision
 from mmar_jax.models.diffusion_head import HeadConfig
 from tests.views import view
 

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmar_jax.diffusion import parameterization, sampling, toy
+from benchmarks import diffusion_toy as toy
+from mmar_jax.diffusion import parameterization, sampling
 from mmar_jax.diffusion.schedule import Schedule
 from mmar_jax.models.diffusion_head import DiffusionHead, HeadConfig
 from tests.views import view

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmar_jax import configs
+from mmar_jax.batch import Batch
 from mmar_jax.data.text_tokenizer import SpecialIds
 from mmar_jax.models.mmar import MMAR, MMARConfig
 
@@ -42,9 +44,10 @@ def model_and_params():
   model = MMAR(cfg)
   length = N + 4
   ids = np.full((1, length), SPECIAL.mask, np.int32)
-  batch = dict(input_ids=ids, targets=ids, text_loss_mask=np.zeros((1, length), np.float32),
-               segment_ids=np.ones((1, length), np.int32), positions=np.arange(length, dtype=np.int32)[None],
-               image_slots=np.arange(1, N + 1, dtype=np.int32)[None, None], image_valid=np.ones((1, 1), bool))
+  batch = dataclasses.replace(
+      Batch.zeros(1, length, 1, N), input_ids=ids, targets=ids, segment_ids=np.ones((1, length), np.int32),
+      positions=np.arange(length, dtype=np.int32)[None], image_slots=np.arange(1, N + 1, dtype=np.int32)[None, None],
+      image_valid=np.ones((1, 1), bool))
   # Jitted: flax's init op by op takes half a minute on a CPU.
   params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), batch, np.zeros((1, 1, N, C), np.float32),
                                              np.zeros((1, 1, N), bool), jax.random.key(1)))["params"]
@@ -54,11 +57,13 @@ def model_and_params():
   return model, dict(params, head=head)
 
 
-def full_batch(ids: np.ndarray, mask: np.ndarray, image_slots: np.ndarray) -> dict[str, np.ndarray]:
+def full_batch(ids: np.ndarray, mask: np.ndarray, image_slots: np.ndarray) -> Batch:
   """MMAR.__call__'s batch for left-padded rows with one image each at `image_slots` [b, n]."""
-  return dict(input_ids=ids, targets=ids, text_loss_mask=np.zeros(ids.shape, np.float32),
-              segment_ids=mask.astype(np.int32), positions=np.maximum(np.cumsum(mask, -1) - 1, 0).astype(np.int32),
-              image_slots=image_slots[:, None].astype(np.int32), image_valid=np.ones((ids.shape[0], 1), bool))
+  (b, length), n = ids.shape, image_slots.shape[1]
+  return dataclasses.replace(
+      Batch.zeros(b, length, 1, n), input_ids=ids, targets=ids, segment_ids=mask.astype(np.int32),
+      positions=np.maximum(np.cumsum(mask, -1) - 1, 0).astype(np.int32),
+      image_slots=image_slots[:, None].astype(np.int32), image_valid=np.ones((b, 1), bool))
 
 
 @functools.partial(jax.jit, static_argnums=0)

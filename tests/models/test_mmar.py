@@ -14,6 +14,7 @@ import pytest
 from scipy import stats
 
 from mmar_jax import configs
+from mmar_jax.batch import Batch
 from mmar_jax.models import masks
 from mmar_jax.models.backbone import Backbone
 from mmar_jax.models.mmar import (MMAR, MMARConfig, MaskRatioConfig, draw_generation_mask, draw_mask_ratio,
@@ -57,8 +58,8 @@ def make_batch(seed=0):
   for b, s in enumerate(starts):
     input_ids[b, s:s + N] = MASK_ID
   after = np.arange(L)[None] >= np.array(starts)[:, None] + N
-  batch = dict(
-      input_ids=input_ids, targets=np.roll(input_ids, -1, axis=1),
+  batch = dataclasses.replace(
+      Batch.zeros(2, L, 1, N), input_ids=input_ids, targets=np.roll(input_ids, -1, axis=1),
       text_loss_mask=after.astype(np.float32), segment_ids=np.ones((2, L), np.int32),
       positions=np.broadcast_to(np.arange(L, dtype=np.int32), (2, L)).copy(),
       image_slots=image_slots, image_valid=np.ones((2, 1), bool), image_task=np.array([[0], [1]], np.int32))
@@ -105,11 +106,11 @@ def test_mask_is_causal_text_and_bidirectional_images():
 def test_no_image_gives_the_backbones_logits():
   cfg, params = setup()
   batch, image_tokens, generate_mask = make_batch()
-  batch = dict(batch, image_valid=np.zeros((2, 1), bool), input_ids=np.full((2, L), 7, np.int32))
-  batch["input_ids"][:, ::3] = 9
+  batch = dataclasses.replace(batch, image_valid=np.zeros((2, 1), bool), input_ids=np.full((2, L), 7, np.int32))
+  batch.input_ids[:, ::3] = 9
   out = forward(cfg, params, batch, image_tokens, generate_mask)
-  expected = jax.jit(lambda p, ids: Backbone(cfg.backbone).apply({"params": p}, ids, batch["positions"]).logits)(
-      params["backbone"], batch["input_ids"])
+  expected = jax.jit(lambda p, ids: Backbone(cfg.backbone).apply({"params": p}, ids, batch.positions).logits)(
+      params["backbone"], batch.input_ids)
   np.testing.assert_array_equal(np.asarray(out.logits), np.asarray(expected))
 
 
@@ -118,9 +119,9 @@ def test_future_text_never_changes_earlier_logits():
   batch, image_tokens, generate_mask = make_batch()
   base = forward(cfg, params, batch, image_tokens, generate_mask).logits
   pos = 23
-  ids = batch["input_ids"].copy()
+  ids = batch.input_ids.copy()
   ids[:, pos] = (ids[:, pos] + 1) % 64
-  moved = forward(cfg, params, dict(batch, input_ids=ids), image_tokens, generate_mask).logits
+  moved = forward(cfg, params, dataclasses.replace(batch, input_ids=ids), image_tokens, generate_mask).logits
   assert_same(moved[:, :pos], base[:, :pos])
   assert changed(moved[:, pos:], base[:, pos:]).all()
 
@@ -157,18 +158,18 @@ def test_packed_segments_never_see_each_other():
   half = L // 2 + 5  # Row 0's image (3..18) lies in segment 1 of [0, 19) and text in [19, 28).
   segment_ids = np.where(np.arange(L) < half, 1, 2).astype(np.int32)[None].repeat(2, 0)
   positions = np.where(np.arange(L) < half, np.arange(L), np.arange(L) - half).astype(np.int32)[None].repeat(2, 0)
-  batch = dict(batch, segment_ids=segment_ids, positions=positions, image_valid=np.array([[True], [False]]))
+  batch = dataclasses.replace(batch, segment_ids=segment_ids, positions=positions, image_valid=np.array([[True], [False]]))
   base = forward(cfg, params, batch, image_tokens, generate_mask).hidden
   tokens = image_tokens.copy()
   tokens[0, 0, 2] += 1.0
-  ids = batch["input_ids"].copy()
+  ids = batch.input_ids.copy()
   ids[0, 1] = (ids[0, 1] + 1) % 64
-  moved = forward(cfg, params, dict(batch, input_ids=ids), tokens, generate_mask).hidden
+  moved = forward(cfg, params, dataclasses.replace(batch, input_ids=ids), tokens, generate_mask).hidden
   assert changed(moved[0, 1:half], base[0, 1:half]).all()
   assert_same(moved[0, half:], base[0, half:])
-  ids = batch["input_ids"].copy()
+  ids = batch.input_ids.copy()
   ids[0, half] = (ids[0, half] + 1) % 64
-  moved = forward(cfg, params, dict(batch, input_ids=ids), image_tokens, generate_mask).hidden
+  moved = forward(cfg, params, dataclasses.replace(batch, input_ids=ids), image_tokens, generate_mask).hidden
   assert changed(moved[0, half:], base[0, half:]).all()
   assert_same(moved[0, :half], base[0, :half])
 
@@ -340,7 +341,7 @@ def test_a_few_hundred_adam_steps_fit_both_losses():
   def step(params, opt_state, rng):
     mask_rng, loss_rng = jax.random.split(rng)
     # Stage 1's ratio range, a fresh mask every step as in training.
-    generate_mask = draw_generation_mask(mask_rng, batch["image_task"], N, ratio_config(0.7, 1.0))
+    generate_mask = draw_generation_mask(mask_rng, batch.image_task, N, ratio_config(0.7, 1.0))
 
     def loss_fn(p):
       out = MMAR(cfg).apply({"params": p}, batch, image_tokens, generate_mask, loss_rng)
@@ -388,10 +389,10 @@ def test_image_position_embedding_adds_one_learned_vector_per_slot_at_the_image_
   shapes = jax.eval_shape(MMAR(with_positions).init, jax.random.key(0), batch, image_tokens, generate_mask,
                           jax.random.key(1))["params"]
   assert nn.meta.unbox(shapes)["image_position_embedding"].shape == (N, cfg.backbone.hidden_size)
-  args = (batch["input_ids"], image_tokens, batch["image_slots"], batch["image_valid"], generate_mask)
+  args = (batch.input_ids, image_tokens, batch.image_slots, batch.image_valid, generate_mask)
   plain = MMAR(cfg).apply({"params": params}, *args, method=MMAR.embed_inputs)
   added = MMAR(with_positions).apply({"params": params_with}, *args, method=MMAR.embed_inputs)
   expected = np.zeros(plain.shape, np.float32)
-  for row, slots in enumerate(batch["image_slots"][:, 0]):
+  for row, slots in enumerate(batch.image_slots[:, 0]):
     expected[row, slots] = positions  # Visible and <mask> slots alike.
   np.testing.assert_allclose(added - plain, expected, atol=1e-6)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -24,28 +26,28 @@ def test_pipeline_batch_trains_both_losses_on_the_drawn_positions():
                                    process_count=1))
   batch = next(it)
   it.close()
-  valid = batch["image_valid"]
-  assert (batch["image_task"][valid] == sequences.GENERATION).any()
-  assert (batch["image_task"][valid] == sequences.UNDERSTANDING).any()
-  assert batch["text_loss_mask"].sum() > 0  # Understanding answers get cross-entropy.
+  valid = batch.image_valid
+  assert (batch.image_task[valid] == sequences.GENERATION).any()
+  assert (batch.image_task[valid] == sequences.UNDERSTANDING).any()
+  assert batch.text_loss_mask.sum() > 0  # Understanding answers get cross-entropy.
 
   image_tokenizer = tokenizers.make_tokenizer(tokenizers.TokenizerConfig.from_config(config))
   b, m = valid.shape
-  pixels = batch["images"].reshape(b * m, *batch["images"].shape[2:]).astype(np.float32) / 127.5 - 1.0
+  pixels = batch.images.reshape(b * m, *batch.images.shape[2:]).astype(np.float32) / 127.5 - 1.0
   image_tokens = jax.jit(image_tokenizer.encode)({}, pixels).reshape(b, m, image_tokenizer.num_tokens, -1)
   # The draw sees every image's task; padded images are task 0 (understanding) and get nothing.
-  generate_mask = draw_generation_mask(jax.random.key(0), jnp.asarray(batch["image_task"]),
+  generate_mask = draw_generation_mask(jax.random.key(0), jnp.asarray(batch.image_task),
                                        image_tokenizer.num_tokens, MaskRatioConfig.from_config(config))
   generate_mask = np.asarray(generate_mask)
-  generation = valid & (batch["image_task"] == sequences.GENERATION)
+  generation = valid & (batch.image_task == sequences.GENERATION)
   assert (generate_mask.sum(-1) >= 1)[generation].all() and not generate_mask[~generation].any()
   # The drawn tokens sit on image slots that the pipeline marked for the diffusion loss.
   rows = np.broadcast_to(np.arange(b)[:, None, None], generate_mask.shape)
-  assert (batch["diffusion_loss_mask"][rows[generate_mask], batch["image_slots"][generate_mask]] == 1).all()
+  assert (batch.diffusion_loss_mask[rows[generate_mask], batch.image_slots[generate_mask]] == 1).all()
 
   cfg = MMARConfig.from_config(config, text_tokenizer.special_ids(tok).mask)
   model = MMAR(cfg)
-  inputs = {k: jnp.asarray(v) for k, v in batch.items() if k != "images"}
+  inputs = jax.tree.map(jnp.asarray, dataclasses.replace(batch, images=None))
 
   params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(1), inputs, image_tokens, generate_mask,
                                               jax.random.key(2)))

@@ -73,8 +73,8 @@ def one_process_reference(workdir: str):
     for step in range(1, STEPS + 1):
       parts = [next(h) for h in hosts]
       for i, part in enumerate(parts):
-        records[i] |= set(part["record_index"][part["record_index"] >= 0].tolist())
-      batch = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+        records[i] |= set(part.record_index[part.record_index >= 0].tolist())
+      batch = jax.tree.map(lambda *p: np.concatenate(p), *parts)
       state, metrics = jitted(state, pipeline.to_global(batch, run.mesh, rules), tokenizer_params)
       losses[step] = float(metrics["loss"])
   return losses, state, records

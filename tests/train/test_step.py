@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -72,8 +74,8 @@ def test_non_finite_batch_is_skipped_without_touching_the_state(host_batch):
   jitted, state, mesh, exp = make(config, jax.devices())
   before = jax.device_get((state.params, state.opt_state))
   tokens = np.asarray(step_lib.image_tokens(exp.image_tokenizer, {}, host_batch, None))
-  poisoned = dict(host_batch, image_tokens=tokens.copy())
-  poisoned["image_tokens"][0, 0, 0, 0] = np.nan
+  poisoned = dataclasses.replace(host_batch, image_tokens=tokens.copy())
+  poisoned.image_tokens[0, 0, 0, 0] = np.nan
   with sharding.activate(mesh, config.mesh.logical_axis_rules):
     state, metrics = jitted(state, pipeline.to_global(poisoned, mesh, config.mesh.logical_axis_rules), {})
     assert int(metrics["skipped"]) == 1 and int(metrics["consecutive_skips"]) == 1
@@ -82,7 +84,7 @@ def test_non_finite_batch_is_skipped_without_touching_the_state(host_batch):
     tiny.assert_trees_equal(after, (before[0], before[1].inner_state))
     assert int(state.step) == 1
     # The same batch, clean, trains: counters reset, parameters move.
-    state, metrics = jitted(state, pipeline.to_global(dict(host_batch, image_tokens=tokens), mesh,
+    state, metrics = jitted(state, pipeline.to_global(dataclasses.replace(host_batch, image_tokens=tokens), mesh,
                                                       config.mesh.logical_axis_rules), {})
     assert int(metrics["skipped"]) == 0 and int(metrics["total_skips"]) == 1
     moved = jax.device_get(state.params)
@@ -101,7 +103,7 @@ def test_gradient_accumulation_of_identical_micro_batches_equals_one_step(host_b
   config = tiny.config(*extra, "train.grad_accum_steps=2", "data.batch_size=16")
   jitted, state, mesh, _ = make(config, jax.devices())
   # Micro-batch i takes rows i, i + 2, ...: interleave two copies so that both are host_batch.
-  double = {k: np.repeat(v, 2, axis=0) for k, v in host_batch.items()}
+  double = jax.tree.map(lambda v: np.repeat(v, 2, axis=0), host_batch)
   with sharding.activate(mesh, config.mesh.logical_axis_rules):
     new_state, accumulated = jitted(state, pipeline.to_global(double, mesh, config.mesh.logical_axis_rules), {})
   single, single_params, _ = run_step(tiny.config(*extra), jax.devices(), host_batch)

@@ -2,7 +2,8 @@
 
 The smallest problem on which a diffusion head shows that it learned p(x | z): each class owns
 two modes with unequal weights, so a sampler must place the right share of mass near each mode,
-and guidance must pull samples towards the class's modes. Tests and benchmarks train on it.
+and guidance must pull samples towards the class's modes. Study code, not the package's: the
+precision study (benchmarks/precision_study.py) and the sampler tests train on it.
 """
 
 from __future__ import annotations
