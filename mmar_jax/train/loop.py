@@ -159,7 +159,13 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     assets.copy_tokenizer(config, workdir)
   run = Run(config=config, mesh=mesh, exp=exp, tx=tx, state_shardings=state_shardings, data_iterator=None,
             mngr=mngr, unfinished=unfinished)
-  run.data_iterator = run.make_iterator()
+  try:
+    run.data_iterator = run.make_iterator()
+  except BaseException:
+    # A bad data source is a user error (one line, exit 2): without closing, orbax's background
+    # thread meets the interpreter's shutdown and prints a traceback after the message.
+    mngr.close()
+    raise
   return run
 
 
