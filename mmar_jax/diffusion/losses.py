@@ -12,7 +12,7 @@ from collections.abc import Callable
 import einops
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
 from mmar_jax.diffusion import parameterization
 from mmar_jax.diffusion.schedule import Schedule
@@ -21,7 +21,7 @@ from mmar_jax.diffusion.schedule import Schedule
 HeadFn = Callable[[Array, Array, Array], Array]
 
 
-def per_token_loss(head_fn: HeadFn, x0: Float[Array, "n c"], z: Float[Array, "n dz"], rng: PRNGKeyArray, *,
+def per_token_loss(head_fn: HeadFn, x0: Float[ArrayLike, "n c"], z: Float[ArrayLike, "n dz"], rng: PRNGKeyArray, *,
                    schedule: Schedule, prediction: str, batch_mul: int = 1
                    ) -> tuple[Float[Array, "m n"], Float[Array, "m n"]]:
   """Squared error averaged over channels for `batch_mul` draws per token, and each draw's t.
@@ -43,12 +43,14 @@ def per_token_loss(head_fn: HeadFn, x0: Float[Array, "n c"], z: Float[Array, "n 
   return err.reshape(batch_mul, n), t.reshape(batch_mul, n)
 
 
-def diffusion_loss(head_fn: HeadFn, x0: Float[Array, "*b c"], z: Float[Array, "*b dz"], mask: Float[Array, "*b"] | None,
-                   rng: PRNGKeyArray, *, schedule: Schedule, prediction: str = "v", batch_mul: int = 1
+def diffusion_loss(head_fn: HeadFn, x0: Float[ArrayLike, "*b c"], z: Float[ArrayLike, "*b dz"],
+                   mask: Bool[ArrayLike, "*b"] | Float[ArrayLike, "*b"] | None, rng: PRNGKeyArray, *,
+                   schedule: Schedule,
+                   prediction: str = "v", batch_mul: int = 1
                    ) -> Float[Array, ""]:
   """Mean over masked tokens (and their `batch_mul` draws) of the per-token MSE, float32.
 
-  `x0`, `z` and `mask` share leading dims (e.g. [b, n]); mask 1 marks tokens that count.
+  `x0`, `z` and `mask` share leading dims (e.g. [b, n]); mask 1 (or True) marks tokens that count.
   """
   x0 = x0.reshape(-1, x0.shape[-1])
   z = z.reshape(-1, z.shape[-1])

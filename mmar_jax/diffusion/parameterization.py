@@ -10,7 +10,7 @@ Everything here runs in float32: the head's output is cast before any of it.
 from __future__ import annotations
 
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 from mmar_jax.configs import PREDICTIONS
 
@@ -21,8 +21,8 @@ def _check(prediction: str) -> None:
     raise ValueError(f"prediction={prediction!r} must be one of {PREDICTIONS}")
 
 
-def target(prediction: str, x0: Float[Array, "b c"], eps: Float[Array, "b c"],
-           alpha_bar: Float[Array, " b"]) -> Float[Array, "b c"]:
+def target(prediction: str, x0: Float[ArrayLike, "b c"], eps: Float[ArrayLike, "b c"],
+           alpha_bar: Float[ArrayLike, " b"]) -> Float[Array, "b c"]:
   """The regression target of `prediction` for clean x0, noise eps and alpha_bar_t."""
   _check(prediction)
   if prediction == "eps":
@@ -33,8 +33,8 @@ def target(prediction: str, x0: Float[Array, "b c"], eps: Float[Array, "b c"],
   return sa * eps - s1a * x0
 
 
-def to_x0_eps(prediction: str, out: Float[Array, "b c"], x_t: Float[Array, "b c"],
-              alpha_bar: Float[Array, " b"]) -> tuple[Float[Array, "b c"], Float[Array, "b c"]]:
+def to_x0_eps(prediction: str, out: Float[ArrayLike, "b c"], x_t: Float[ArrayLike, "b c"],
+              alpha_bar: Float[ArrayLike, " b"]) -> tuple[Float[Array, "b c"], Float[Array, "b c"]]:
   """(x0, eps) implied by the head's output `out` at x_t, all float32."""
   _check(prediction)
   # float32: the conversions divide by sqrt(alpha_bar), down to ~3e-5 on the cosine schedule.

@@ -15,7 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from mmar_jax.configs import SAMPLERS
 from mmar_jax.diffusion import parameterization
@@ -38,9 +38,9 @@ def linear_cfg_scale(cfg_scale: float, num_known: int, num_tokens: int, schedule
   return 1.0 + (cfg_scale - 1.0) * num_known / num_tokens
 
 
-def sample(apply_fn: ApplyFn, params: Any, z: Float[Array, "n dz"], rng: PRNGKeyArray, *, schedule: Schedule,
-           prediction: str, token_channels: int, method: str = "ddpm", cfg_scale: Float[Array, ""] | float = 1.0,
-           z_uncond: Float[Array, "n dz"] | None = None, temperature: Float[Array, ""] | float = 1.0,
+def sample(apply_fn: ApplyFn, params: Any, z: Float[ArrayLike, "n dz"], rng: PRNGKeyArray, *, schedule: Schedule,
+           prediction: str, token_channels: int, method: str = "ddpm", cfg_scale: Float[ArrayLike, ""] | float = 1.0,
+           z_uncond: Float[ArrayLike, "n dz"] | None = None, temperature: Float[ArrayLike, ""] | float = 1.0,
            eta: float = 0.0) -> Float[Array, "n c"]:
   """Draws one token per condition in z by walking `schedule` from pure noise to step 0.
 

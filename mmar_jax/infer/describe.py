@@ -23,15 +23,15 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from mmar_jax.data.text_tokenizer import SpecialIds
 from mmar_jax.infer import prompts
 from mmar_jax.models.mmar import MMAR, MMARConfig, as_variables
 
 
-def sample_logits(rng: PRNGKeyArray, logits: Float[Array, "b v"], temperature: Float[Array, ""] | float,
-                  top_p: Float[Array, ""] | float) -> Int[Array, " b"]:
+def sample_logits(rng: PRNGKeyArray, logits: Float[ArrayLike, "b v"], temperature: Float[ArrayLike, ""] | float,
+                  top_p: Float[ArrayLike, ""] | float) -> Int[Array, " b"]:
   """A token per row from softmax(logits / temperature), restricted to the top-p nucleus.
 
   The nucleus is the fewest most-likely tokens whose mass reaches top_p; it always holds the top one.
@@ -59,7 +59,7 @@ def understanding_prompts(question_ids: Sequence[Sequence[int]], num_tokens: int
   return ids, mask, (starts[:, None] + 1 + np.arange(num_tokens)).astype(np.int32)
 
 
-def describe(model: MMAR, params, image_tokens: Float[Array, "b n c"], question_ids: Sequence[Sequence[int]],
+def describe(model: MMAR, params, image_tokens: Float[ArrayLike, "b n c"], question_ids: Sequence[Sequence[int]],
              special_ids: SpecialIds, *, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
              rng: PRNGKeyArray | None = None) -> list[list[int]]:
   """Each image's answer token ids (without the closing `<|im_end|>`); see the module docstring."""
@@ -82,10 +82,10 @@ def describe(model: MMAR, params, image_tokens: Float[Array, "b n c"], question_
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "greedy"))
-def _decode(cfg: MMARConfig, variables, ids: Int[Array, "b l"], mask: Int[Array, "b l"],
-            image_tokens: Float[Array, "b n c"], image_slots: Int[Array, "b n"], rng: PRNGKeyArray,
-            temperature: Float[Array, ""], top_p: Float[Array, ""], stop_id: int, fill_id: int, *,
-            max_new_tokens: int, greedy: bool) -> Int[Array, "b t"]:
+def _decode(cfg: MMARConfig, variables, ids: Int[ArrayLike, "b l"], mask: Int[ArrayLike, "b l"],
+            image_tokens: Float[ArrayLike, "b n c"], image_slots: Int[ArrayLike, "b n"], rng: PRNGKeyArray,
+            temperature: Float[ArrayLike, ""], top_p: Float[ArrayLike, ""], stop_id: Int[ArrayLike, ""],
+            fill_id: Int[ArrayLike, ""], *, max_new_tokens: int, greedy: bool) -> Int[Array, "b t"]:
   """Prefill, then up to max_new_tokens - 1 decode steps; rows that stopped are filled with `fill_id`."""
   model = MMAR(cfg)
   logits, cache, position = model.apply(variables, ids, mask, image_tokens, image_slots, reserve=max_new_tokens,

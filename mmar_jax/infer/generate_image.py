@@ -33,7 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from mmar_jax.data.text_tokenizer import SpecialIds
 from mmar_jax.diffusion import sampling
@@ -109,9 +109,10 @@ def generate(model: MMAR, params, caption_ids: Sequence[Sequence[int]], special_
 
 @functools.partial(jax.jit, static_argnames=("cfg", "num_tokens", "num_steps", "guided", "cfg_schedule",
                                              "num_sampling_steps", "sampler", "ddim_eta"))
-def _sample_tokens(cfg: MMARConfig, variables, ids: Int[Array, "r l"], mask: Int[Array, "r l"], rng: PRNGKeyArray,
-                   cfg_scale: Float[Array, ""], temperature: Float[Array, ""], *, num_tokens: int, num_steps: int,
-                   guided: bool, cfg_schedule: str, num_sampling_steps: int, sampler: str, ddim_eta: float
+def _sample_tokens(cfg: MMARConfig, variables, ids: Int[ArrayLike, "r l"], mask: Int[ArrayLike, "r l"],
+                   rng: PRNGKeyArray, cfg_scale: Float[ArrayLike, ""], temperature: Float[ArrayLike, ""], *,
+                   num_tokens: int, num_steps: int, guided: bool, cfg_schedule: str, num_sampling_steps: int,
+                   sampler: str, ddim_eta: float
                    ) -> Float[Array, "b n c"]:
   """The whole generation of a batch: prompt prefill, then a `fori_loop` over the AR steps.
 

@@ -9,7 +9,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Int
+from jaxtyping import Array, ArrayLike, Int
 
 from mmar_jax.models import masks
 from mmar_jax.models.backbone import Backbone, BackboneConfig, KVCache
@@ -19,8 +19,8 @@ from mmar_jax.models.backbone import Backbone, BackboneConfig, KVCache
 def greedy_decode(
     cfg: BackboneConfig,
     params,
-    prompt_ids: Int[Array, "b l"],
-    prompt_mask: Int[Array, "b l"],
+    prompt_ids: Int[ArrayLike, "b l"],
+    prompt_mask: Int[ArrayLike, "b l"],
     max_new_tokens: int,
 ) -> Int[Array, "b n"]:
   """Greedy continuation of left-padded prompts (`prompt_mask` 1 on real tokens, 0 on padding)."""

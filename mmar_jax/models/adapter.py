@@ -20,7 +20,7 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, ArrayLike, Bool, Float
 
 from mmar_jax import configs
 from mmar_jax.models.layers import XAVIER, ZEROS, dense, layer_norm
@@ -58,7 +58,8 @@ class _HeadsProjection(nn.Module):
   to_heads: bool  # True: [b, n, d] -> [b, n, h, e]; False: [b, n, h, e] -> [b, n, d].
 
   @nn.compact
-  def __call__(self, x: Float[Array, "b n d"] | Float[Array, "b n h e"]) -> Float[Array, "b n h e"] | Float[Array, "b n d"]:
+  def __call__(self, x: Float[ArrayLike, "b n d"] | Float[ArrayLike, "b n h e"]
+               ) -> Float[Array, "b n h e"] | Float[Array, "b n d"]:
     cfg = self.cfg
     dtype, shape = jnp.dtype(cfg.dtype), (cfg.width, cfg.heads, cfg.width // cfg.heads)
     kernel = self.param("kernel", nn.with_logical_partitioning(XAVIER, ("embed", "heads", "head_dim")), shape,
@@ -76,7 +77,7 @@ class AdapterBlock(nn.Module):
   cfg: AdapterConfig
 
   @nn.compact
-  def __call__(self, x: Float[Array, "b n d"], mask: Bool[Array, "b n n"]) -> Float[Array, "b n d"]:
+  def __call__(self, x: Float[ArrayLike, "b n d"], mask: Bool[ArrayLike, "b n n"]) -> Float[Array, "b n d"]:
     cfg = self.cfg
     h = layer_norm(cfg, "attn_norm")(x)
     q, k, v = (_HeadsProjection(cfg, True, name=name)(h) for name in ("q_proj", "k_proj", "v_proj"))
@@ -93,7 +94,7 @@ class ImageAdapter(nn.Module):
   cfg: AdapterConfig
 
   @nn.compact
-  def __call__(self, tokens: Float[Array, "b n c"], visible: Bool[Array, "b n"] | None = None
+  def __call__(self, tokens: Float[ArrayLike, "b n c"], visible: Bool[ArrayLike, "b n"] | None = None
                ) -> Float[Array, "b n d"]:
     cfg = self.cfg
     if visible is None:

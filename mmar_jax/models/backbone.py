@@ -17,7 +17,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from mmar_jax import configs
 from mmar_jax.models import lora, masks
@@ -117,7 +117,7 @@ class RMSNorm(nn.Module):
   cfg: BackboneConfig
 
   @nn.compact
-  def __call__(self, x: Float[Array, "... d"]) -> Float[Array, "... d"]:
+  def __call__(self, x: Float[ArrayLike, "... d"]) -> Float[Array, "... d"]:
     scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
                        (x.shape[-1],), self.cfg.weight_dtype)
     # Statistics in float32: a bfloat16 mean of squares loses small activations.
@@ -126,7 +126,8 @@ class RMSNorm(nn.Module):
     return normed.astype(self.cfg.compute_dtype) * scale.astype(self.cfg.compute_dtype)
 
 
-def rotary_embedding(x: Float[Array, "b l h e"], positions: Int[Array, "b l"], theta: float) -> Float[Array, "b l h e"]:
+def rotary_embedding(x: Float[ArrayLike, "b l h e"], positions: Int[ArrayLike, "b l"], theta: float
+                     ) -> Float[Array, "b l h e"]:
   """Rotates channel pairs (i, i + e/2) by position * theta^(-2i/e), as Qwen2/Llama do (`h`: the
   query heads or the key / value heads, whichever `x` holds; `e`: the per-head width)."""
   half = x.shape[-1] // 2
@@ -157,7 +158,7 @@ class HeadProjection(nn.Module):
   target: str  # Its name in config.model.lora.targets: 'q', 'k' or 'v'.
 
   @nn.compact
-  def __call__(self, x: Float[Array, "b l d"]) -> Float[Array, "b l h e"]:
+  def __call__(self, x: Float[ArrayLike, "b l d"]) -> Float[Array, "b l h e"]:
     cfg = self.cfg
     kernel = self.param("kernel", _normal(cfg, ("embed", self.heads_axis, "head_dim")),
                         (x.shape[-1], self.num_heads, cfg.head_dim), cfg.weight_dtype)
@@ -174,7 +175,7 @@ class OutputProjection(nn.Module):
   cfg: BackboneConfig
 
   @nn.compact
-  def __call__(self, x: Float[Array, "b l h e"]) -> Float[Array, "b l d"]:
+  def __call__(self, x: Float[ArrayLike, "b l h e"]) -> Float[Array, "b l d"]:
     cfg = self.cfg
     kernel = self.param("kernel", _normal(cfg, ("heads", "head_dim", "embed")),
                         (cfg.num_heads, cfg.head_dim, cfg.hidden_size), cfg.weight_dtype)
@@ -195,7 +196,7 @@ class Linear(nn.Module):
   target: str  # Its name in config.model.lora.targets: 'gate', 'up' or 'down'.
 
   @nn.compact
-  def __call__(self, x: Float[Array, "... i"]) -> Float[Array, "... o"]:
+  def __call__(self, x: Float[ArrayLike, "... i"]) -> Float[Array, "... o"]:
     cfg = self.cfg
     kernel = self.param("kernel", _normal(cfg, self.axes), (x.shape[-1], self.features), cfg.weight_dtype)
     x = x.astype(cfg.compute_dtype)
@@ -219,8 +220,8 @@ class Attention(nn.Module):
   cfg: BackboneConfig
 
   @nn.compact
-  def __call__(self, x: Float[Array, "b l d"], positions: Int[Array, "b l"], mask: Bool[Array, "b l s"],
-               layer_cache: LayerCache | None, cache_index: Int[Array, ""] | int
+  def __call__(self, x: Float[ArrayLike, "b l d"], positions: Int[ArrayLike, "b l"], mask: Bool[ArrayLike, "b l s"],
+               layer_cache: LayerCache | None, cache_index: Int[ArrayLike, ""] | int
                ) -> tuple[Float[Array, "b l d"], LayerCache | None]:
     """Self-attention of `x` (over the cache's `s` slots, `x` written at `cache_index`, when decoding)."""
     cfg = self.cfg
@@ -251,7 +252,7 @@ class MLP(nn.Module):
   cfg: BackboneConfig
 
   @nn.compact
-  def __call__(self, x: Float[Array, "b l d"]) -> Float[Array, "b l d"]:
+  def __call__(self, x: Float[ArrayLike, "b l d"]) -> Float[Array, "b l d"]:
     cfg = self.cfg
     gate = Linear(cfg, cfg.intermediate_size, ("embed", "mlp"), "gate", name="gate_proj")(x)
     up = Linear(cfg, cfg.intermediate_size, ("embed", "mlp"), "up", name="up_proj")(x)
@@ -265,8 +266,8 @@ class DecoderLayer(nn.Module):
   cfg: BackboneConfig
 
   @nn.compact
-  def __call__(self, x: Float[Array, "b l d"], layer_cache: LayerCache | None, positions: Int[Array, "b l"],
-               mask: Bool[Array, "b l s"], cache_index: Int[Array, ""] | int
+  def __call__(self, x: Float[ArrayLike, "b l d"], layer_cache: LayerCache | None, positions: Int[ArrayLike, "b l"],
+               mask: Bool[ArrayLike, "b l s"], cache_index: Int[ArrayLike, ""] | int
                ) -> tuple[Float[Array, "b l d"], LayerCache | None]:
     cfg = self.cfg
     attn_out, layer_cache = Attention(cfg, name="self_attn")(
@@ -300,14 +301,14 @@ class Backbone(nn.Module):
       self.lm_head = self.param("lm_head", _normal(cfg, ("embed", "vocab")),
                                 (cfg.hidden_size, cfg.vocab_size), cfg.weight_dtype)
 
-  def embed(self, input_ids: Int[Array, "b l"]) -> Float[Array, "b l d"]:
+  def embed(self, input_ids: Int[ArrayLike, "b l"]) -> Float[Array, "b l d"]:
     # Gather the embed axis first (as FSDP does for every weight): a lookup into a table split
     # along both axes makes XLA replicate the whole table instead.
     table = nn.with_logical_constraint(self.embed_tokens, ("vocab", None))
     x = jnp.take(table, input_ids, axis=0).astype(self.cfg.compute_dtype)
     return nn.with_logical_constraint(x, ("batch", "length", "activation_embed"))
 
-  def logits(self, hidden: Float[Array, "b l d"]) -> Float[Array, "b l v"]:
+  def logits(self, hidden: Float[ArrayLike, "b l d"]) -> Float[Array, "b l v"]:
     """LM-head logits in float32: the log-softmax of the loss needs them there."""
     dtype = self.cfg.compute_dtype
     if self.cfg.tie_word_embeddings:
@@ -320,12 +321,12 @@ class Backbone(nn.Module):
 
   def __call__(
       self,
-      input_ids: Int[Array, "b l"] | None = None,
-      positions: Int[Array, "b l"] | None = None,
+      input_ids: Int[ArrayLike, "b l"] | None = None,
+      positions: Int[ArrayLike, "b l"] | None = None,
       *,
-      inputs_embeds: Float[Array, "b l d"] | None = None,
-      segment_ids: Int[Array, "b l"] | None = None,
-      attention_mask: Bool[Array, "b l s"] | None = None,
+      inputs_embeds: Float[ArrayLike, "b l d"] | None = None,
+      segment_ids: Int[ArrayLike, "b l"] | None = None,
+      attention_mask: Bool[ArrayLike, "b l s"] | None = None,
       kv_cache: KVCache | None = None,
       compute_logits: bool = True,
   ) -> BackboneOutput:

@@ -21,7 +21,7 @@ import math
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 from mmar_jax import configs
 from mmar_jax.models.layers import ZEROS, dense, layer_norm
@@ -54,7 +54,7 @@ class HeadConfig:
     return dataclasses.replace(self, **changes)
 
 
-def timestep_features(t: Float[Array, " b"], dim: int, max_period: float = 10_000.0) -> Float[Array, "b f"]:
+def timestep_features(t: Float[ArrayLike, " b"], dim: int, max_period: float = 10_000.0) -> Float[Array, "b f"]:
   """Sinusoidal features [cos, sin] of (possibly fractional) timesteps, always float32.
 
   float32 because bfloat16 values in [512, 1024) are 4 apart: timesteps 998 and 999 both become 1000.
@@ -65,7 +65,7 @@ def timestep_features(t: Float[Array, " b"], dim: int, max_period: float = 10_00
   return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
-def _modulate(x: Float[Array, "b d"], shift: Float[Array, "b d"], scale: Float[Array, "b d"]):
+def _modulate(x: Float[ArrayLike, "b d"], shift: Float[ArrayLike, "b d"], scale: Float[ArrayLike, "b d"]):
   return x * (1 + scale) + shift
 
 
@@ -75,7 +75,7 @@ class ResBlock(nn.Module):
   cfg: HeadConfig
 
   @nn.compact
-  def __call__(self, x: Float[Array, "b d"], y: Float[Array, "b d"]) -> Float[Array, "b d"]:
+  def __call__(self, x: Float[ArrayLike, "b d"], y: Float[ArrayLike, "b d"]) -> Float[Array, "b d"]:
     cfg = self.cfg
     mod = dense(cfg, 3 * cfg.width, ("embed", "mlp"), "adaLN_modulation", ZEROS)(nn.silu(y))
     shift, scale, gate = jnp.split(mod, 3, axis=-1)
@@ -95,7 +95,7 @@ class FinalLayer(nn.Module):
   cfg: HeadConfig
 
   @nn.compact
-  def __call__(self, x: Float[Array, "b d"], y: Float[Array, "b d"]) -> Float[Array, "b c"]:
+  def __call__(self, x: Float[ArrayLike, "b d"], y: Float[ArrayLike, "b d"]) -> Float[Array, "b c"]:
     cfg = self.cfg
     mod = dense(cfg, 2 * cfg.width, ("embed", "mlp"), "adaLN_modulation", ZEROS)(nn.silu(y))
     shift, scale = jnp.split(mod, 2, axis=-1)
@@ -112,7 +112,8 @@ class DiffusionHead(nn.Module):
   cfg: HeadConfig
 
   @nn.compact
-  def __call__(self, x_t: Float[Array, "b c"], t: Float[Array, " b"], z: Float[Array, "b dz"]) -> Float[Array, "b c"]:
+  def __call__(self, x_t: Float[ArrayLike, "b c"], t: Float[ArrayLike, " b"], z: Float[ArrayLike, "b dz"]
+               ) -> Float[Array, "b c"]:
     cfg = self.cfg
     x = dense(cfg, cfg.width, (None, "embed"), "input_proj")(x_t)
     x = nn.with_logical_constraint(x, ("batch", "activation_embed"))

@@ -14,7 +14,7 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 # MAR clips the posterior's log-variance to this range before exponentiating.
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
@@ -70,7 +70,7 @@ class ResnetBlock(nn.Module):
   dtype: str
 
   @nn.compact
-  def __call__(self, x: Float[Array, "b height width c"]) -> Float[Array, "b height width o"]:
+  def __call__(self, x: Float[ArrayLike, "b height width c"]) -> Float[Array, "b height width o"]:
     h = nn.swish(_norm(self.norm_groups, "norm1")(x))
     h = _conv(self.out_channels, 3, self.dtype, "conv1")(h)
     h = nn.swish(_norm(self.norm_groups, "norm2")(h))
@@ -86,7 +86,7 @@ class AttnBlock(nn.Module):
   dtype: str
 
   @nn.compact
-  def __call__(self, x: Float[Array, "b height width c"]) -> Float[Array, "b height width c"]:
+  def __call__(self, x: Float[ArrayLike, "b height width c"]) -> Float[Array, "b height width c"]:
     b, hh, ww, c = x.shape
     h = _norm(self.norm_groups, "norm")(x)
     q, k, v = (_conv(c, 1, self.dtype, n)(h).reshape(b, hh * ww, c) for n in ("q", "k", "v"))
@@ -102,7 +102,7 @@ class Downsample(nn.Module):
   dtype: str
 
   @nn.compact
-  def __call__(self, x: Float[Array, "b height width c"]) -> Float[Array, "b height2 width2 c"]:
+  def __call__(self, x: Float[ArrayLike, "b height width c"]) -> Float[Array, "b height2 width2 c"]:
     x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
     return _constrain(_conv(x.shape[-1], 3, self.dtype, "conv", stride=2, padding="VALID")(x))
 
@@ -112,7 +112,7 @@ class Upsample(nn.Module):
   dtype: str
 
   @nn.compact
-  def __call__(self, x: Float[Array, "b height width c"]) -> Float[Array, "b height2 width2 c"]:
+  def __call__(self, x: Float[ArrayLike, "b height width c"]) -> Float[Array, "b height2 width2 c"]:
     x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
     return _constrain(_conv(x.shape[-1], 3, self.dtype, "conv")(x))
 
@@ -157,7 +157,7 @@ class Encoder(nn.Module):
   config: VAEConfig
 
   @nn.compact
-  def __call__(self, x: Float[Array, "b height width 3"]) -> Float[Array, "b hz wz moments"]:
+  def __call__(self, x: Float[ArrayLike, "b height width 3"]) -> Float[Array, "b hz wz moments"]:
     cfg = self.config
     levels = len(cfg.channel_mult)
     h = _constrain(_conv(cfg.channels, 3, cfg.dtype, "conv_in")(x))
@@ -174,7 +174,7 @@ class Decoder(nn.Module):
   config: VAEConfig
 
   @nn.compact
-  def __call__(self, z: Float[Array, "b hz wz z"]) -> Float[Array, "b height width 3"]:
+  def __call__(self, z: Float[ArrayLike, "b hz wz z"]) -> Float[Array, "b height width 3"]:
     cfg = self.config
     h = _constrain(_conv(cfg.channels * cfg.channel_mult[-1], 3, cfg.dtype, "conv_in")(z))
     h = _Mid(cfg.norm_groups, cfg.dtype, name="mid")(h)
@@ -198,12 +198,12 @@ class AutoencoderKL(nn.Module):
     self.quant_conv = nn.Conv(2 * z, (1, 1), dtype=jnp.float32, param_dtype=jnp.float32)
     self.post_quant_conv = nn.Conv(z, (1, 1), dtype=self.config.dtype, param_dtype=jnp.float32)
 
-  def encode(self, pixels: Float[Array, "b height width 3"]) -> Float[Array, "b hz wz moments"]:
+  def encode(self, pixels: Float[ArrayLike, "b height width 3"]) -> Float[Array, "b hz wz moments"]:
     """Moments [mean | logvar] (unclipped, float32) of the diagonal Gaussian posterior."""
     # float32 moments: the posterior's log-variance and the latents the diffusion loss targets.
     return self.quant_conv(self.encoder(pixels.astype(self.config.dtype)).astype(jnp.float32))
 
-  def decode(self, latents: Float[Array, "b hz wz z"]) -> Float[Array, "b height width 3"]:
+  def decode(self, latents: Float[ArrayLike, "b hz wz z"]) -> Float[Array, "b height width 3"]:
     """Pixels from unscaled latents; the output is float32."""
     return self.decoder(self.post_quant_conv(latents.astype(self.config.dtype))).astype(jnp.float32)
 
@@ -213,13 +213,13 @@ class AutoencoderKL(nn.Module):
     return self.decode(mean)
 
 
-def split_moments(moments: Float[Array, "b hz wz moments"]) -> tuple[Array, Array]:
+def split_moments(moments: Float[ArrayLike, "b hz wz moments"]) -> tuple[Array, Array]:
   """(mean, logvar) with logvar clipped to [-30, 20] as in LDM's DiagonalGaussianDistribution."""
   mean, logvar = jnp.split(moments.astype(jnp.float32), 2, axis=-1)
   return mean, jnp.clip(logvar, LOGVAR_MIN, LOGVAR_MAX)
 
 
-def sample_posterior(moments: Float[Array, "b hz wz moments"], rng: jax.Array | None) -> Float[Array, "b hz wz z"]:
+def sample_posterior(moments: Float[ArrayLike, "b hz wz moments"], rng: jax.Array | None) -> Float[Array, "b hz wz z"]:
   """A latent from the posterior: mean + std * noise, or the mean (mode) when `rng` is None."""
   mean, logvar = split_moments(moments)
   if rng is None:

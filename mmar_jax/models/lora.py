@@ -27,14 +27,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 LORA_A, LORA_B = "lora_a", "lora_b"
 # PEFT's default init of A: kaiming-uniform with a=sqrt(5), i.e. U(+-1/sqrt(fan_in)) [LoRA/PEFT].
 _A_INIT_SCALE = 1.0 / 3.0
 
 
-def lora_delta(module: nn.Module, x: Float[Array, "... i"], *, rank: int, alpha: float,
+def lora_delta(module: nn.Module, x: Float[ArrayLike, "... i"], *, rank: int, alpha: float,
                in_axes: tuple[str, ...], out_shape: tuple[int, ...], out_axes: tuple[str, ...],
                dtype, param_dtype) -> Float[Array, "... o"]:
   """(alpha / rank) * (x A) B, creating `module`'s params lora_a [*in, r] and lora_b [r, *out].

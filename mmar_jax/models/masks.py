@@ -15,10 +15,10 @@ compute dtype (2 bytes an entry), and its backward writes a dbias of that shape.
 from __future__ import annotations
 
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Int
+from jaxtyping import Array, ArrayLike, Bool, Int
 
 
-def causal_segment_mask(segment_ids: Int[Array, "b l"]) -> Bool[Array, "b l l"]:
+def causal_segment_mask(segment_ids: Int[ArrayLike, "b l"]) -> Bool[Array, "b l l"]:
   """Causal attention inside each packed segment; segment id 0 marks padding."""
   length = segment_ids.shape[-1]
   causal = jnp.tril(jnp.ones((length, length), bool))
@@ -28,7 +28,8 @@ def causal_segment_mask(segment_ids: Int[Array, "b l"]) -> Bool[Array, "b l l"]:
 
 
 
-def mmar_attention_mask(segment_ids: Int[Array, "b l"], image_span_ids: Int[Array, "b l"]) -> Bool[Array, "b l l"]:
+def mmar_attention_mask(segment_ids: Int[ArrayLike, "b l"], image_span_ids: Int[ArrayLike, "b l"]
+                        ) -> Bool[Array, "b l l"]:
   """MMAR's mask: causal within a segment, bidirectional inside each image span [paper].
 
   `image_span_ids` is 0 on text and a per-row unique id > 0 on each image's tokens, so every
@@ -43,10 +44,10 @@ def mmar_attention_mask(segment_ids: Int[Array, "b l"], image_span_ids: Int[Arra
   return ((causal | same_image) & same_segment & key_is_real) | jnp.eye(length, dtype=bool)
 
 def decode_mask(
-    key_valid: Bool[Array, "b s"],
-    cache_index: Int[Array, ""],
+    key_valid: Bool[ArrayLike, "b s"],
+    cache_index: Int[ArrayLike, ""],
     query_length: int,
-    attention_mask: Bool[Array, "b l s"] | None = None,
+    attention_mask: Bool[ArrayLike, "b l s"] | None = None,
 ) -> Bool[Array, "b l s"]:
   """Mask of `query_length` new tokens written at `cache_index` against a cache of size s.
 
@@ -62,6 +63,6 @@ def decode_mask(
   return (attention_mask & key_valid[:, None, :]) | own_slot
 
 
-def left_padded_positions(mask: Int[Array, "b l"]) -> Int[Array, "b l"]:
+def left_padded_positions(mask: Int[ArrayLike, "b l"]) -> Int[Array, "b l"]:
   """Positions that start at 0 on each row's first real token of a left-padded batch (as HF does)."""
   return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0).astype(jnp.int32)

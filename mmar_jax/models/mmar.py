@@ -17,7 +17,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
 from mmar_jax import configs
 from mmar_jax.batch import Batch
@@ -70,7 +70,7 @@ class MMAROutput:
   head_overflow: Float[Array, ""]  # Share of masked tokens left out of the v-loss by head_capacity.
 
 
-def image_span_ids(image_slots: Int[Array, "b m n"], image_valid: Bool[Array, "b m"], length: int
+def image_span_ids(image_slots: Int[ArrayLike, "b m n"], image_valid: Bool[ArrayLike, "b m"], length: int
                    ) -> Int[Array, "b l"]:
   """Per position: m + 1 where image m's tokens sit, 0 on text (the attention mask's span ids)."""
   batch, num_images, num_tokens = image_slots.shape
@@ -78,7 +78,7 @@ def image_span_ids(image_slots: Int[Array, "b m n"], image_valid: Bool[Array, "b
   return _scatter(jnp.zeros((batch, length), jnp.int32), image_slots, image_valid, span)
 
 
-def _scatter(target: Array, image_slots: Int[Array, "b m n"], image_valid: Bool[Array, "b m"], values: Array
+def _scatter(target: Array, image_slots: Int[ArrayLike, "b m n"], image_valid: Bool[ArrayLike, "b m"], values: Array
              ) -> Array:
   """target[b, image_slots[b, m, n]] = values[b, m, n] for valid images, static shapes."""
   length = target.shape[1]
@@ -124,7 +124,7 @@ def draw_mask_ratio(rng: PRNGKeyArray, shape: tuple[int, ...], cfg: MaskRatioCon
   raise ValueError(f"config.model.mask_ratio_dist={cfg.dist!r} must be one of {configs.MASK_RATIO_DISTS}")
 
 
-def draw_generation_mask(rng: PRNGKeyArray, image_task: Int[Array, "b m"], num_tokens: int, cfg: MaskRatioConfig
+def draw_generation_mask(rng: PRNGKeyArray, image_task: Int[ArrayLike, "b m"], num_tokens: int, cfg: MaskRatioConfig
                          ) -> Bool[Array, "b m n"]:
   """Which tokens of each generation image are masked (input `<mask>`, diffusion loss) this step.
 
@@ -146,7 +146,7 @@ def head_slots(num_slots: int, capacity: float) -> int:
   return max(1, min(num_slots, math.ceil(capacity * num_slots)))
 
 
-def select_head_slots(generate_mask: Bool[Array, "b s"], capacity: int, rng: PRNGKeyArray) -> Int[Array, "b k"]:
+def select_head_slots(generate_mask: Bool[ArrayLike, "b s"], capacity: int, rng: PRNGKeyArray) -> Int[Array, "b k"]:
   """Per row, the `capacity` image slots the head trains on: every masked slot while they fit,
   a uniformly random subset of them when more are masked, unmasked slots as filler [ours].
 
@@ -173,9 +173,9 @@ class MMAR(nn.Module):
           "image_position_embedding", nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
           (self.cfg.num_image_tokens, self.cfg.backbone.hidden_size), self.cfg.backbone.weight_dtype)
 
-  def embed_inputs(self, input_ids: Int[Array, "b l"], image_tokens: Float[Array, "b m n c"],
-                   image_slots: Int[Array, "b m n"], image_valid: Bool[Array, "b m"],
-                   generate_mask: Bool[Array, "b m n"]) -> Float[Array, "b l d"]:
+  def embed_inputs(self, input_ids: Int[ArrayLike, "b l"], image_tokens: Float[ArrayLike, "b m n c"],
+                   image_slots: Int[ArrayLike, "b m n"], image_valid: Bool[ArrayLike, "b m"],
+                   generate_mask: Bool[ArrayLike, "b m n"]) -> Float[Array, "b l d"]:
     """Text embeddings with each image's adapted tokens at its slots, `<mask>` where generated."""
     batch, num_images, num_tokens, channels = image_tokens.shape
     x = self.backbone.embed(input_ids)
@@ -189,8 +189,8 @@ class MMAR(nn.Module):
       adapted = adapted + self.image_positions.astype(adapted.dtype)
     return _scatter(x, image_slots, image_valid, adapted)
 
-  def __call__(self, batch: Batch, image_tokens: Float[Array, "b m n c"],
-               generate_mask: Bool[Array, "b m n"], rng: PRNGKeyArray) -> MMAROutput:
+  def __call__(self, batch: Batch, image_tokens: Float[ArrayLike, "b m n c"],
+               generate_mask: Bool[ArrayLike, "b m n"], rng: PRNGKeyArray) -> MMAROutput:
     """Forward pass and losses for a pipeline batch with its images already tokenized.
 
     Reads `batch`'s input_ids, targets, text_loss_mask, segment_ids, positions, image_slots and
@@ -238,7 +238,7 @@ class MMAR(nn.Module):
   # of a batch ends at the same cache slot and the tokens that follow share one slot range;
   # positions restart at 0 on each row's first real token, as in training rows.
 
-  def encode_prompt(self, prompt_ids: Int[Array, "b l"], prompt_mask: Int[Array, "b l"], *, reserve: int
+  def encode_prompt(self, prompt_ids: Int[ArrayLike, "b l"], prompt_mask: Int[ArrayLike, "b l"], *, reserve: int
                     ) -> tuple[KVCache, Int[Array, " b"]]:
     """Runs the backbone over left-padded text prompts (generation: `<|im_start|> caption <boi>`).
 
@@ -251,8 +251,8 @@ class MMAR(nn.Module):
                         kv_cache=cache, compute_logits=False)
     return out.kv_cache, jnp.sum(prompt_mask, axis=-1).astype(jnp.int32)
 
-  def generation_step(self, cache: KVCache, next_position: Int[Array, " b"], image_tokens: Float[Array, "b n c"],
-                      known: Bool[Array, "b n"]) -> Float[Array, "b n d"]:
+  def generation_step(self, cache: KVCache, next_position: Int[ArrayLike, " b"],
+                      image_tokens: Float[ArrayLike, "b n c"], known: Bool[ArrayLike, "b n"]) -> Float[Array, "b n d"]:
     """z at every slot of a partly generated image that follows the prompt in `cache`.
 
     Known tokens go through the adapter, the others get the `<mask>` embedding, as in training.
@@ -273,13 +273,13 @@ class MMAR(nn.Module):
                         compute_logits=False)
     return out.hidden
 
-  def head_prediction(self, x_t: Float[Array, "b c"], t: Float[Array, " b"], z: Float[Array, "b d"]
+  def head_prediction(self, x_t: Float[ArrayLike, "b c"], t: Float[ArrayLike, " b"], z: Float[ArrayLike, "b d"]
                       ) -> Float[Array, "b c"]:
     """The diffusion head's prediction (v, eps or x0 per the config) for the samplers."""
     return self.head(x_t, t, z)
 
-  def understanding_prefill(self, input_ids: Int[Array, "b l"], input_mask: Int[Array, "b l"],
-                            image_tokens: Float[Array, "b n c"], image_slots: Int[Array, "b n"], *, reserve: int
+  def understanding_prefill(self, input_ids: Int[ArrayLike, "b l"], input_mask: Int[ArrayLike, "b l"],
+                            image_tokens: Float[ArrayLike, "b n c"], image_slots: Int[ArrayLike, "b n"], *, reserve: int
                             ) -> tuple[Float[Array, "b v"], KVCache, Int[Array, " b"]]:
     """Runs `[pad] <boi> [image] <eoi> question` with clean, fully visible image tokens at `image_slots`.
 
@@ -300,7 +300,7 @@ class MMAR(nn.Module):
     logits = self.backbone.logits(out.hidden[:, -1:])[:, 0]  # The LM head on the last position only.
     return logits, out.kv_cache, jnp.sum(input_mask, axis=-1).astype(jnp.int32)
 
-  def decode_step(self, token: Int[Array, " b"], position: Int[Array, " b"], cache: KVCache
+  def decode_step(self, token: Int[ArrayLike, " b"], position: Int[ArrayLike, " b"], cache: KVCache
                   ) -> tuple[Float[Array, "b v"], KVCache]:
     """One text token per row appended to `cache`; float32 logits for the next one."""
     out = self.backbone(token[:, None], position[:, None], kv_cache=cache)

@@ -20,7 +20,7 @@ import einops
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 from mmar_jax import configs
 from mmar_jax.models import kl_vae
@@ -46,7 +46,7 @@ class TokenizerConfig:
                vae=kl_vae.VAEConfig.from_config(config))
 
 
-def patchify(x: Float[Array, "b height width ch"], p: int) -> Float[Array, "b n c"]:
+def patchify(x: Float[ArrayLike, "b height width ch"], p: int) -> Float[Array, "b n c"]:
   """Groups p x p spatial positions into one token: [b, (h/p)(w/p), p*p*c], exactly invertible."""
   b, h, w, c = x.shape
   if h % p or w % p:
@@ -54,7 +54,7 @@ def patchify(x: Float[Array, "b height width ch"], p: int) -> Float[Array, "b n 
   return einops.rearrange(x, "b (gh p1) (gw p2) c -> b (gh gw) (p1 p2 c)", p1=p, p2=p)
 
 
-def unpatchify(tokens: Float[Array, "b n c"], p: int, grid: tuple[int, int]) -> Float[Array, "b height width ch"]:
+def unpatchify(tokens: Float[ArrayLike, "b n c"], p: int, grid: tuple[int, int]) -> Float[Array, "b height width ch"]:
   """The inverse of `patchify` for a token grid `grid` = (h/p, w/p)."""
   gh, gw = grid
   if tokens.shape[1] != gh * gw or tokens.shape[2] % (p * p):
@@ -87,12 +87,12 @@ class ImageTokenizer(abc.ABC):
     """Freshly initialised parameters (random; for tests and benchmarks)."""
 
   @abc.abstractmethod
-  def encode(self, params, pixels: Float[Array, "b height width 3"], rng: jax.Array | None = None
+  def encode(self, params, pixels: Float[ArrayLike, "b height width 3"], rng: jax.Array | None = None
              ) -> Float[Array, "b n c"]:
     """Tokens of NHWC pixels in [-1, 1]; `rng` samples a stochastic encoder, None takes its mode."""
 
   @abc.abstractmethod
-  def decode(self, params, tokens: Float[Array, "b n c"]) -> Float[Array, "b height width 3"]:
+  def decode(self, params, tokens: Float[ArrayLike, "b n c"]) -> Float[Array, "b height width 3"]:
     """NHWC pixels (nominally in [-1, 1], not clipped) of tokens."""
 
 
@@ -172,20 +172,20 @@ class KLVAE(ImageTokenizer):
 
     return jax.tree_util.tree_map_with_path(leaf, kl_vae.abstract_params(self.config.vae))
 
-  def moments(self, params, pixels: Float[Array, "b height width 3"]) -> Float[Array, "b hz wz moments"]:
+  def moments(self, params, pixels: Float[ArrayLike, "b height width 3"]) -> Float[Array, "b hz wz moments"]:
     """Posterior moments [mean | logvar] in float32, the form the latent cache stores."""
     return self.module.apply({"params": params}, pixels, method=kl_vae.AutoencoderKL.encode)
 
-  def tokens_from_moments(self, moments: Float[Array, "b hz wz moments"], rng: jax.Array | None = None
+  def tokens_from_moments(self, moments: Float[ArrayLike, "b hz wz moments"], rng: jax.Array | None = None
                           ) -> Float[Array, "b n c"]:
     """Tokens of cached moments: a posterior sample (or the mean), scaled and grouped."""
     return self.latents_to_tokens(kl_vae.sample_posterior(moments, rng))
 
-  def latents_to_tokens(self, latents: Float[Array, "b hz wz z"]) -> Float[Array, "b n c"]:
+  def latents_to_tokens(self, latents: Float[ArrayLike, "b hz wz z"]) -> Float[Array, "b n c"]:
     # The one place the latent scale is applied (MAR: posterior.sample() * 0.2325).
     return patchify(latents * self.config.scale_factor, self.config.latent_patch)
 
-  def tokens_to_latents(self, tokens: Float[Array, "b n c"]) -> Float[Array, "b hz wz z"]:
+  def tokens_to_latents(self, tokens: Float[ArrayLike, "b n c"]) -> Float[Array, "b hz wz z"]:
     # ... and the one place it is undone (MAR: vae.decode(tokens / 0.2325)).
     return unpatchify(tokens, self.config.latent_patch, self.grid) / self.config.scale_factor
 
