@@ -11,6 +11,11 @@ end), every compile included: the training tests start many `mmar-jax train` pro
 compile the same tiny step, and a cached executable starts one in 11 s instead of 32 s on 2
 cores. Child processes inherit it through the environment.
 
+Shapes are checked: jaxtyping's import hook, installed here before anything imports mmar_jax,
+runs beartype over every annotated function and dataclass of the package, so a shape or dtype
+that contradicts an annotation fails the call (at trace time under jit). Only this process:
+the CLI's subprocesses run unchecked, as users do.
+
 The demo test's training starts in the background once collection selects it (see
 tests/train/test_demo.py); the test itself runs last, and the training is ended, if still
 running, when the session ends.
@@ -34,6 +39,10 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import jax  # noqa: E402
+import jaxtyping  # noqa: E402
+
+assert not any(m == "mmar_jax" or m.startswith("mmar_jax.") for m in sys.modules), "mmar_jax imported before the hook"
+jaxtyping.install_import_hook("mmar_jax", "beartype.beartype")
 
 assert jax.device_count() == 8, f"expected 8 fake CPU devices, got {jax.devices()}"
 

@@ -11,6 +11,7 @@ collection: the caller decides its length, and the decode step stays a pure func
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any
 
 import flax.linen as nn
@@ -80,6 +81,7 @@ LayerCache = tuple[Float[Array, "b s k e"], Float[Array, "b s k e"]]
 
 
 @flax.struct.dataclass
+@typing.no_type_check  # flax rebuilds it through __init__ from ShapeDtypeStructs (eval_shape): unchecked.
 class KVCache:
   """Keys and values of every layer for `s` slots, which slots hold real tokens, and the fill."""
 
@@ -103,6 +105,7 @@ class KVCache:
 
 
 @flax.struct.dataclass
+@typing.no_type_check  # flax rebuilds it through __init__ from ShapeDtypeStructs (eval_shape): unchecked.
 class BackboneOutput:
   logits: Float[Array, "b l v"] | None
   hidden: Float[Array, "b l d"]  # After the final norm: what the LM head and the diffusion head read.

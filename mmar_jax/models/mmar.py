@@ -11,6 +11,7 @@ images are clean and fully visible; text gets cross-entropy where `text_loss_mas
 from __future__ import annotations
 
 import dataclasses
+import typing
 import math
 
 import flax.linen as nn
@@ -60,6 +61,7 @@ class MMARConfig:
 
 
 @flax.struct.dataclass
+@typing.no_type_check  # flax rebuilds it through __init__ from ShapeDtypeStructs (eval_shape): unchecked.
 class MMAROutput:
   logits: Float[Array, "b l v"]  # float32
   hidden: Float[Array, "b l d"]  # The backbone's final (normed) hidden states.

@@ -8,6 +8,7 @@ logical axes, the optimizer state's from the parameters' (`optax.tree_map_params
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from mmar_jax.train import sharding
 
 
 @flax.struct.dataclass
+@typing.no_type_check  # flax rebuilds it through __init__ from ShapeDtypeStructs (eval_shape): unchecked.
 class TrainState:
   step: jax.Array  # int32 scalar: optimizer steps taken (skipped non-finite steps included).
   params: Any
