@@ -16,30 +16,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
+import sys
 import tempfile
-import time
 
 import flax.linen as nn
 import jax
 import numpy as np
 import torch
 
-from mmar_jax import checkpoint, configs
-from mmar_jax.convert import hf_export
-from mmar_jax.infer import describe, generate_image
-from mmar_jax.train import experiment
-from mmar_torch import MMARTorch
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def median_seconds(fn, iters: int) -> float:
-  fn()  # Warm-up (and compilation for jax).
-  times = []
-  for _ in range(iters):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+from benchmarks.backbone_cpu import median_seconds  # noqa: E402
+from mmar_jax import checkpoint, configs  # noqa: E402
+from mmar_jax.convert import hf_export  # noqa: E402
+from mmar_jax.infer import describe, generate_image  # noqa: E402
+from mmar_jax.train import experiment  # noqa: E402
+from mmar_torch import MMARTorch  # noqa: E402
 
 
 def main():

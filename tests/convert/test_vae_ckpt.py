@@ -13,7 +13,6 @@ from safetensors.torch import save_file
 
 from mmar_jax.convert import vae_ckpt
 from mmar_jax.models import kl_vae
-from tests.models import ldm_torch_reference as ref
 from tests.models.test_tokenizers import SMALL, SMALL_SIZE, _pixels, _small_torch
 from tests.views import view
 

@@ -14,7 +14,7 @@ import torch
 from mmar_jax import configs
 from mmar_jax.convert import vae_ckpt
 from mmar_jax.models import kl_vae, tokenizers
-from tests.models import ldm_torch_reference as ref
+from mmar_torch import vae as torch_vae
 from tests.views import view
 
 # A small VAE with every feature of KL-16: 3 levels (/4), 2 res blocks a level, width changes
@@ -27,9 +27,28 @@ SMALL_SIZE = 16
 
 
 def _small_torch(seed=0, attn_levels=SMALL.encoder_attn_levels):
-  model = ref.AutoencoderKL(ch=SMALL.channels, mult=SMALL.channel_mult, blocks=SMALL.num_res_blocks,
-                            z=SMALL.z_channels, groups=SMALL.norm_groups, attn_levels=attn_levels)
-  return ref.randomize_(model, seed).eval()
+  # The PyTorch side's VAE (mmar_torch.vae, MAR's keys), written apart from our Flax module;
+  # diffusers' AutoencoderKL is the second reference.
+  model = torch_vae.AutoencoderKL(channels=SMALL.channels, channel_mult=SMALL.channel_mult,
+                                  num_res_blocks=SMALL.num_res_blocks, z_channels=SMALL.z_channels,
+                                  norm_groups=SMALL.norm_groups, encoder_attn_levels=attn_levels)
+  return randomize_(model, seed).eval()
+
+
+def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+  """Fills every parameter with N(0, 1) / sqrt(fan-in)-ish values, GroupNorm affine near (1, 0)."""
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      fan_in = p[0].numel() if p.ndim > 1 else 1
+      noise = torch.randn(p.shape, generator=gen)
+      if p.ndim > 1:
+        p.copy_(noise / fan_in ** 0.5)
+      elif "norm" in name and name.endswith("weight"):
+        p.copy_(1 + 0.1 * noise)
+      else:
+        p.copy_(0.1 * noise)
+  return model
 
 
 def _pixels(b, size, seed=0):
@@ -213,7 +232,9 @@ def test_full_kl16_at_256_has_mar_shapes_and_is_finite():
   tok = tokenizers.KLVAE(view(tokenizers.TokenizerConfig, {"tokenizer.kind": "kl16", "tokenizer.image_size": 256}))
   abstract = kl_vae.abstract_params(tok.config.vae)
   # The same parameter count as the LDM/MAR torch module of this architecture (~83.7M).
-  torch_count = sum(p.numel() for p in ref.AutoencoderKL().parameters())
+  torch_count = sum(p.numel() for p in torch_vae.AutoencoderKL(
+      channels=128, channel_mult=(1, 1, 2, 2, 4), num_res_blocks=2, z_channels=16, norm_groups=32,
+      encoder_attn_levels=(4,)).parameters())  # MAR's KL-16
   assert sum(int(np.prod(a.shape)) for a in jax.tree.leaves(abstract)) == torch_count
   params = tok.init_params(jax.random.key(0))
   x = jnp.asarray(_pixels(1, 256, seed=8))
