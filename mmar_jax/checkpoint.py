@@ -202,7 +202,7 @@ def _step_dir(located: Located, step: int | None) -> tuple[epath.Path, int]:
   return located.steps_dir / str(step), step
 
 
-def _restore(step_dir: epath.Path, items: dict[str, Any]) -> dict[str, Any]:
+def _restore(step_dir: epath.Path, items: dict[str, Any]) -> ocp.args.Composite:  # Read by item name, as a mapping.
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
     return checkpointer.restore(step_dir, ocp.args.Composite(**items))
 
