@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from typing import SupportsIndex
 
 import grain
 from mmar_jax.data import decode, latent_cache
@@ -93,7 +94,7 @@ class LatentCacheSource(grain.sources.RandomAccessDataSource):
   def __len__(self) -> int:
     return len(self._source)
 
-  def __getitem__(self, index: int) -> dict:
+  def __getitem__(self, index: SupportsIndex) -> dict:  # grain passes numpy ints too.
     return {"data": self._source[index], "source": self._dir, "index": int(index)}
 
   def __repr__(self) -> str:

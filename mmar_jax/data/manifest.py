@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import SupportsIndex
 
 import grain
 
@@ -131,7 +132,7 @@ class ManifestSource(grain.sources.RandomAccessDataSource):
   def __len__(self) -> int:
     return len(self._records)
 
-  def __getitem__(self, index: int) -> dict:
+  def __getitem__(self, index: SupportsIndex) -> dict:  # grain passes numpy ints too.
     return {**self._records[index], "source": self._path, "index": int(index)}
 
   def __repr__(self) -> str:

@@ -15,6 +15,7 @@ shape placements) was ever trained on [ours].
 from __future__ import annotations
 
 import dataclasses
+from typing import SupportsIndex
 
 import numpy as np
 from jaxtyping import UInt8
@@ -176,7 +177,7 @@ class SyntheticShapesSource(grain.sources.RandomAccessDataSource):
   def __len__(self) -> int:
     return self._config.num_records
 
-  def __getitem__(self, index: int) -> dict:
+  def __getitem__(self, index: SupportsIndex) -> dict:  # grain passes numpy ints too.
     if not 0 <= index < len(self):
       raise IndexError(f"synthetic record {index} out of range [0, {len(self)})")
     return sample(self._config, int(index))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from typing import SupportsIndex
 
 import numpy as np
 
@@ -73,7 +74,7 @@ class TfdsSource(grain.sources.RandomAccessDataSource):
   def __len__(self) -> int:
     return self._length
 
-  def __getitem__(self, index: int) -> dict:
+  def __getitem__(self, index: SupportsIndex) -> dict:  # grain passes numpy ints too.
     c = self._config
     try:
       example = self._open()[int(index)]

@@ -15,7 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from mmar_jax.configs import SAMPLERS
 from mmar_jax.diffusion import parameterization
@@ -25,7 +25,8 @@ from mmar_jax.diffusion.schedule import Schedule
 ApplyFn = Callable[[Any, Array, Array, Array], Array]
 
 
-def linear_cfg_scale(cfg_scale: float, num_known: int, num_tokens: int, schedule: str = "linear") -> float:
+def linear_cfg_scale(cfg_scale: Float[ArrayLike, ""] | float, num_known: Int[ArrayLike, ""] | int, num_tokens: int,
+                     schedule: str = "linear") -> Float[ArrayLike, ""] | float:
   """MAR's guidance for an AR step: 1 + (s - 1) * (tokens known after the step) / (all tokens).
 
   Guidance starts near 1 while few tokens are known and reaches `cfg_scale` at the last step;
