@@ -22,6 +22,7 @@ running, when the session ends.
 """
 
 import os
+import pkgutil
 import shutil
 import sys
 import tempfile
@@ -42,7 +43,14 @@ import jax  # noqa: E402
 import jaxtyping  # noqa: E402
 
 assert not any(m == "mmar_jax" or m.startswith("mmar_jax.") for m in sys.modules), "mmar_jax imported before the hook"
-jaxtyping.install_import_hook("mmar_jax", "beartype.beartype")
+# Every module of the package but the command lines (thin, no array code), which the in-process
+# CLI tests import afresh to reset absl's flags: beartype's forward references would still
+# point at the first import's classes. The PEP 484 numeric tower (an int where float is
+# annotated) is how the typing spec reads annotations.
+_PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mmar_jax")
+_CHECKED = [f"mmar_jax.{m.name}" for m in pkgutil.iter_modules([_PACKAGE]) if m.name != "cli"]
+jaxtyping.install_import_hook(
+    _CHECKED, "beartype.beartype(conf=beartype.BeartypeConf(is_pep484_tower=True))")
 
 assert jax.device_count() == 8, f"expected 8 fake CPU devices, got {jax.devices()}"
 

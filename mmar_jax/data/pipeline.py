@@ -15,6 +15,7 @@ there); `to_global` makes jax.Arrays of it over the mesh's data axes.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import numpy as np
@@ -170,7 +171,8 @@ def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(mesh_lib.mesh_axes("batch", rules)))
 
 
-def to_global(batch: Batch, mesh: Mesh, rules) -> Batch:
-  """Host-local batches from every host -> global jax.Arrays, split over the mesh as `rules` say."""
+def to_global(batch: Batch | Any, mesh: Mesh, rules) -> Batch | Any:
+  """Host-local batches from every host -> global jax.Arrays, split over the mesh as `rules` say
+  (a Batch, or any pytree of [B, ...] arrays)."""
   sharding = batch_sharding(mesh, rules)
   return jax.tree.map(lambda value: jax.make_array_from_process_local_data(sharding, value), batch)

@@ -46,15 +46,16 @@ class TokenizerConfig:
                vae=kl_vae.VAEConfig.from_config(config))
 
 
-def patchify(x: Float[ArrayLike, "b height width ch"], p: int) -> Float[Array, "b n c"]:
-  """Groups p x p spatial positions into one token: [b, (h/p)(w/p), p*p*c], exactly invertible."""
+def patchify(x: Float[ArrayLike, "b height width ch"], p: int) -> Float[ArrayLike, "b n c"]:
+  """Groups p x p spatial positions into one token: [b, (h/p)(w/p), p*p*c], exactly invertible;
+  numpy in, numpy out (einops)."""
   b, h, w, c = x.shape
   if h % p or w % p:
     raise ValueError(f"patch size {p} does not divide the {h}x{w} grid; pick a divisor of {math.gcd(h, w)}")
   return einops.rearrange(x, "b (gh p1) (gw p2) c -> b (gh gw) (p1 p2 c)", p1=p, p2=p)
 
 
-def unpatchify(tokens: Float[ArrayLike, "b n c"], p: int, grid: tuple[int, int]) -> Float[Array, "b height width ch"]:
+def unpatchify(tokens: Float[ArrayLike, "b n c"], p: int, grid: tuple[int, int]) -> Float[ArrayLike, "b height width ch"]:
   """The inverse of `patchify` for a token grid `grid` = (h/p, w/p)."""
   gh, gw = grid
   if tokens.shape[1] != gh * gw or tokens.shape[2] % (p * p):
@@ -92,7 +93,7 @@ class ImageTokenizer(abc.ABC):
     """Tokens of NHWC pixels in [-1, 1]; `rng` samples a stochastic encoder, None takes its mode."""
 
   @abc.abstractmethod
-  def decode(self, params, tokens: Float[ArrayLike, "b n c"]) -> Float[Array, "b height width 3"]:
+  def decode(self, params, tokens: Float[ArrayLike, "b n c"]) -> Float[ArrayLike, "b height width 3"]:
     """NHWC pixels (nominally in [-1, 1], not clipped) of tokens."""
 
 
@@ -181,11 +182,11 @@ class KLVAE(ImageTokenizer):
     """Tokens of cached moments: a posterior sample (or the mean), scaled and grouped."""
     return self.latents_to_tokens(kl_vae.sample_posterior(moments, rng))
 
-  def latents_to_tokens(self, latents: Float[ArrayLike, "b hz wz z"]) -> Float[Array, "b n c"]:
+  def latents_to_tokens(self, latents: Float[ArrayLike, "b hz wz z"]) -> Float[ArrayLike, "b n c"]:
     # The one place the latent scale is applied (MAR: posterior.sample() * 0.2325).
     return patchify(latents * self.config.scale_factor, self.config.latent_patch)
 
-  def tokens_to_latents(self, tokens: Float[ArrayLike, "b n c"]) -> Float[Array, "b hz wz z"]:
+  def tokens_to_latents(self, tokens: Float[ArrayLike, "b n c"]) -> Float[ArrayLike, "b hz wz z"]:
     # ... and the one place it is undone (MAR: vae.decode(tokens / 0.2325)).
     return unpatchify(tokens, self.config.latent_patch, self.grid) / self.config.scale_factor
 

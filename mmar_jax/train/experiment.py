@@ -25,8 +25,9 @@ from mmar_jax.models.mmar import MMAR, MMARConfig
 @dataclasses.dataclass(frozen=True)
 class Experiment:
   config: ml_collections.ConfigDict
-  text_tokenizer: Tokenizer
-  special_ids: text_tokenizer.SpecialIds
+  # None where only the model matters (a preset's compile or parameter tree, no tokenizer file).
+  text_tokenizer: Tokenizer | None
+  special_ids: text_tokenizer.SpecialIds | None
   model: MMAR
   image_tokenizer: tokenizers.ImageTokenizer
 

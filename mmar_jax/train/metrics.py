@@ -7,6 +7,7 @@ the device's dense 16-bit matmul rate from its data sheet, or config.train.peak_
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import jax
@@ -61,7 +62,13 @@ PEAK_FLOPS = {
 }
 
 
-def peak_flops_per_device(device: jax.Device, override: float = 0.0) -> float | None:
+@typing.runtime_checkable
+class HasDeviceKind(typing.Protocol):
+  """What the peak table reads of a device (a jax.Device has it)."""
+  device_kind: str
+
+
+def peak_flops_per_device(device: HasDeviceKind, override: float = 0.0) -> float | None:
   """The device's peak FLOP/s: `override` when set, else the table; None when unknown (CPUs)."""
   if override > 0:
     return override
