@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from mmar_jax.batch import Batch
 from mmar_jax.models.mmar import MMAR, MaskRatioConfig, draw_generation_mask
@@ -37,7 +37,7 @@ class StepConfig:
 
 
 def image_tokens(tokenizer: ImageTokenizer, tokenizer_params: Any, batch: Batch, rng: PRNGKeyArray | None
-                 ) -> Float[Array, "b m n c"]:
+                 ) -> Float[ArrayLike, "b m n c"]:  # numpy pixels in (tests): numpy out
   """The batch's images as continuous tokens: precomputed `image_tokens` (tests feed non-finite
   ones), tokens of the latent cache's `image_moments` (sampled, scaled and grouped exactly as the
   KL-16 tokenizer does pixels), or the tokenizer's encoding of the uint8 `images` mapped to
