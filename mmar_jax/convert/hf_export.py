@@ -204,7 +204,7 @@ def torch_dir(params: Mapping[str, Any], config: ml_collections.ConfigDict, out:
     adapter = flax_to_torch(params["adapter"])
     if POSITIONS in params:
       adapter[POSITIONS] = np.asarray(params[POSITIONS], np.float32)
-    cast = hf_qwen2._SAVE_DTYPES[dtype]
+    cast = hf_qwen2.SAVE_DTYPES[dtype]
     save_file({k: v.astype(cast) for k, v in adapter.items()}, out / ADAPTER_FILE, metadata={"format": "pt"})
     # The head stays float32 whatever --dtype: the samplers divide by its output's small differences.
     save_file(flax_to_torch(params["head"]), out / HEAD_FILE, metadata={"format": "pt"})

@@ -313,7 +313,7 @@ def load(path: str | os.PathLike, *, config: ml_collections.ConfigDict | None = 
   return cfg, params
 
 
-_SAVE_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+SAVE_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 
 
 def save(cfg: BackboneConfig, params: Mapping[str, Any], path: str | os.PathLike, *,
@@ -326,8 +326,8 @@ def save(cfg: BackboneConfig, params: Mapping[str, Any], path: str | os.PathLike
   The files are written to a temporary directory beside `path` and renamed into place, so a
   failure leaves nothing half-written at `path`.
   """
-  if dtype not in _SAVE_DTYPES:
-    raise ValueError(f"dtype={dtype!r} must be one of {sorted(_SAVE_DTYPES)}")
+  if dtype not in SAVE_DTYPES:
+    raise ValueError(f"dtype={dtype!r} must be one of {sorted(SAVE_DTYPES)}")
   path = Path(path)
   if path.exists() and not overwrite:
     raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
@@ -335,7 +335,7 @@ def save(cfg: BackboneConfig, params: Mapping[str, Any], path: str | os.PathLike
     raise FileExistsError(f"{path} is a file, not a model directory; --overwrite replaces only a directory")
   if vocab_size is not None:
     cfg, params = truncate_vocab(cfg, params, vocab_size)
-  tensors = {k: v.astype(_SAVE_DTYPES[dtype]) for k, v in params_to_hf(params, cfg).items()}
+  tensors = {k: v.astype(SAVE_DTYPES[dtype]) for k, v in params_to_hf(params, cfg).items()}
   path.parent.mkdir(parents=True, exist_ok=True)
   staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
   try:
