@@ -26,9 +26,10 @@ demo: $(STAMP)
 	$(BIN)/mmar-jax train --config=configs/demo.py --workdir=runs/demo
 	$(BIN)/mmar-jax evaluate --workdir=runs/demo --samples=64
 
-# tests/conftest.py gives the tests 8 fake CPU devices, so every sharding path runs.
+# tests/conftest.py gives the tests 8 fake CPU devices, so every sharding path runs; xdist runs
+# them on a worker a core (each file on one worker), beside the demo test's background training.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadgroup --durations=25
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -16,9 +16,16 @@ runs beartype over every annotated function and dataclass of the package, so a s
 that contradicts an annotation fails the call (at trace time under jit). Only this process:
 the CLI's subprocesses run unchecked, as users do.
 
-The demo test's training starts in the background once collection selects it (see
-tests/train/test_demo.py); the test itself runs last, and the training is ended, if still
-running, when the session ends.
+`make test` runs the suite on pytest-xdist workers (`-n auto --dist loadgroup`): one per core
+while memory allows (`pytest_xdist_auto_num_workers`), each test file a group on one worker, so
+module fixtures are built once, and tests/export a single group for its shared run. The first
+process of a session (xdist's controller, or plain pytest) makes the session directory, which
+holds the compilation cache and the demo's run; workers inherit it through the environment and
+the first process removes it when the session ends.
+
+The demo test's training starts in the background as soon as collection selects it (see
+tests/train/test_demo.py), started by the first process; the test runs last, waits for it, and
+the training is ended, if still running, when the session ends.
 """
 
 import os
@@ -32,15 +39,18 @@ for _flag in ("--xla_force_host_platform_device_count=8", "--xla_backend_optimiz
   if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-_CACHE_DIR = None
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-  _CACHE_DIR = tempfile.mkdtemp(prefix="mmar_jax_test_xla_cache_")
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
-  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+SESSION_DIR_ENV = "MMAR_JAX_TEST_SESSION_DIR"
+_OWN_SESSION_DIR = None  # Set in the process that made the session directory (and removes it).
+if SESSION_DIR_ENV not in os.environ:
+  _OWN_SESSION_DIR = os.environ[SESSION_DIR_ENV] = tempfile.mkdtemp(prefix="mmar_jax_test_session_")
+  if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(_OWN_SESSION_DIR, "xla_cache")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import jax  # noqa: E402
 import jaxtyping  # noqa: E402
+import pytest  # noqa: E402
 
 assert not any(m == "mmar_jax" or m.startswith("mmar_jax.") for m in sys.modules), "mmar_jax imported before the hook"
 # Every module of the package but the command lines (thin, no array code), which the in-process
@@ -56,24 +66,50 @@ assert jax.device_count() == 8, f"expected 8 fake CPU devices, got {jax.devices(
 
 
 DEMO_TEST = "tests/train/test_demo.py::"
+# Bytes of memory an xdist worker is given: its 8 fake devices' programs, plus the training
+# processes that some tests start.
+WORKER_MEMORY_BYTES = 5 * 2**30
+
+
+def pytest_xdist_auto_num_workers(config):
+  """`-n auto`: a worker a core this process may use, as many as memory holds, at least one."""
+  del config
+  memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  return max(1, min(len(os.sched_getaffinity(0)), memory // WORKER_MEMORY_BYTES))
 
 
 def pytest_collection_modifyitems(session, config, items):
-  """The demo test waits for the background training: run it last, so that every other test
+  """Each file is one xdist group (tests/export, whose files share one run, a single group).
+  The demo test waits for the background training: it runs last, so that every other test
   overlaps that training instead of some of them queueing behind the wait."""
   del session, config
+  for item in items:
+    path = item.nodeid.split("::")[0]
+    item.add_marker(pytest.mark.xdist_group("tests/export" if path.startswith("tests/export/") else path))
   items.sort(key=lambda item: item.nodeid.startswith(DEMO_TEST))  # Stable: the others keep their order.
 
 
-def pytest_collection_finish(session):
-  if not session.config.option.collectonly and any(i.nodeid.startswith(DEMO_TEST) for i in session.items):
+def _start_demo_training(nodeids) -> None:
+  if any(nodeid.startswith(DEMO_TEST) for nodeid in nodeids):
     from tests.train import test_demo
     test_demo.start_training()
+
+
+def pytest_collection_finish(session):
+  # Under xdist every worker collects; the controller starts the training (below) instead.
+  if not session.config.option.collectonly and "PYTEST_XDIST_WORKER" not in os.environ:
+    _start_demo_training(item.nodeid for item in session.items)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+  if not node.config.option.collectonly:
+    _start_demo_training(ids)
 
 
 def pytest_sessionfinish(session, exitstatus):
   del session, exitstatus
   if "tests.train.test_demo" in sys.modules:
     sys.modules["tests.train.test_demo"].stop_training()
-  if _CACHE_DIR is not None:
-    shutil.rmtree(_CACHE_DIR, ignore_errors=True)
+  if _OWN_SESSION_DIR is not None:
+    shutil.rmtree(_OWN_SESSION_DIR, ignore_errors=True)

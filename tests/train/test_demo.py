@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import shlex
+import signal
 import subprocess
 import sys
-import tempfile
+import time
 
 import pytest
 
@@ -39,7 +40,7 @@ TIMEOUT_S = 900  # For the training still to finish once the test runs, and for 
 
 # The test waits on a training that started at collection, beyond the suite's 10 minutes a test.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(TIMEOUT_S)]
-_training: dict = {}  # The background run: its process and workdir.
+_training: dict = {}  # The background run's process, in the process that started it.
 
 
 def _command(*args: str) -> tuple[list[str], dict]:
@@ -49,37 +50,53 @@ def _command(*args: str) -> tuple[list[str], dict]:
   return [sys.executable, "-m", "mmar_jax.cli.main", *args], env
 
 
+def _workdir() -> str:
+  # In the session directory (tests/conftest.py), which every xdist worker shares: the process
+  # that starts the training need not be the one that runs the test.
+  return os.path.join(os.environ["MMAR_JAX_TEST_SESSION_DIR"], "demo")
+
+
 def start_training() -> None:
-  """Starts the demo's `mmar-jax train` in the background (once a session)."""
+  """Starts the demo's `mmar-jax train` in the background, once a session: the first caller
+  makes the workdir (atomically), later ones find it."""
   if _training:
     return
-  workdir = tempfile.mkdtemp(prefix="mmar_jax_demo_test_")
+  workdir = _workdir()
+  try:
+    os.mkdir(workdir)
+  except FileExistsError:
+    return  # Started by another process of this session.
   cmd, env = _command("train", "--config=configs/demo.py", f"--workdir={workdir}", "--config.train.time_limit_s=0",
                       "--config.train.eval_every=0")
-  log = open(os.path.join(workdir, "train.log"), "w+")
-  _training.update(workdir=workdir, log=log,
-                   proc=subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env))
+  # The exit status goes to a file, for a test that may run in another process.
+  script = f'{shlex.join(cmd)} > {shlex.quote(workdir)}/train.log 2>&1; echo $? > {shlex.quote(workdir)}/train.rc'
+  _training["proc"] = subprocess.Popen(["/bin/sh", "-c", script], env=env, start_new_session=True)
 
 
 def stop_training() -> None:
-  """Ends the background run if it still runs (an interrupted session) and removes its workdir."""
-  if not _training:
-    return
-  proc = _training["proc"]
-  if proc.poll() is None:
-    proc.kill()
+  """Ends the background run if it still runs (an interrupted session), in the process that
+  started it; the session directory, workdir included, is removed by tests/conftest.py."""
+  proc = _training.pop("proc", None)
+  if proc is not None and proc.poll() is None:
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-  _training["log"].close()
-  shutil.rmtree(_training["workdir"], ignore_errors=True)
-  _training.clear()
+
+
+def _wait_for_training(workdir: str) -> int:
+  deadline = time.monotonic() + TIMEOUT_S
+  rc_file = os.path.join(workdir, "train.rc")
+  while not os.path.exists(rc_file) or not open(rc_file).read().strip():
+    assert time.monotonic() < deadline, f"the demo's training did not end within {TIMEOUT_S} s"
+    time.sleep(2)
+  return int(open(rc_file).read())
 
 
 def test_the_demo_generates_and_answers_far_above_chance():
   start_training()  # Started already when collected with the suite.
-  proc, workdir, log = _training["proc"], _training["workdir"], _training["log"]
-  code = proc.wait(timeout=TIMEOUT_S)
-  log.seek(0)
-  assert code == 0, f"demo training failed ({code}):\n{log.read()[-5000:]}"
+  workdir = _workdir()
+  code = _wait_for_training(workdir)
+  with open(os.path.join(workdir, "train.log")) as log:
+    assert code == 0, f"demo training failed ({code}):\n{log.read()[-5000:]}"
   cmd, env = _command("evaluate", f"--workdir={workdir}", f"--samples={SAMPLES}")
   evaluated = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=TIMEOUT_S)
   assert evaluated.returncode == 0, evaluated.stderr[-5000:]
