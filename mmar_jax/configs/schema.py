@@ -40,6 +40,9 @@ DEFAULT_LOGICAL_AXIS_RULES = (
     ("head_dim", None),
     ("norm", None),
     ("lora", None),  # LoRA's rank axis: small, replicated.
+    # A LoRA factor's side that is not the model width (heads x head_dim or mlp, flattened): split
+    # over tensor and FSDP, since the factor has no `embed` axis for FSDP to take.
+    ("lora_features", ("tensor", "fsdp")),
     # Activations: the batch over every data-parallel axis, the model width whole.
     ("batch", ("data", "fsdp")),
     ("length", None),

@@ -3,7 +3,7 @@
 The paper calls its stages "Image Expert Pretraining/Fine-tuning" and reviewers report LoRA on
 the LLM; we read this as the LLM's base weights frozen while the image path trains: LoRA on the
 LLM, the adapter, the head and the new token rows (shared/MMAR.md) [ours, inferred]. A projection
-y = x W becomes y = x W + (alpha / rank) * (x A) B with A [in, r] and B [r, out] (Hu et al.,
+y = x W becomes y = x W + (alpha / rank) * (x A) B with A [in, r] and B [r, out] (each side flattened) (Hu et al.,
 "LoRA", 2021). B starts at zero, so a fresh LoRA model computes exactly the base model.
 
     tx = lora.partition_optimizer(optax.adamw(1e-4), params, rank, train_rows=special_ids)
@@ -19,6 +19,7 @@ rows change and the original text rows stay bit-exact, the LLM's text knowledge 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,28 +32,36 @@ from jaxtyping import Array, ArrayLike, Float
 
 LORA_A, LORA_B = "lora_a", "lora_b"
 # PEFT's default init of A: kaiming-uniform with a=sqrt(5), i.e. U(+-1/sqrt(fan_in)) [LoRA/PEFT].
-_A_INIT_SCALE = 1.0 / 3.0
+_A_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform", in_axis=0, out_axis=1)
 
 
 def lora_delta(module: nn.Module, x: Float[ArrayLike, "... i"], *, rank: int, alpha: float,
                in_axes: tuple[str, ...], out_shape: tuple[int, ...], out_axes: tuple[str, ...],
                dtype, param_dtype) -> Float[Array, "... o"]:
-  """(alpha / rank) * (x A) B, creating `module`'s params lora_a [*in, r] and lora_b [r, *out].
+  """(alpha / rank) * (x A) B, creating `module`'s params lora_a [in, r] and lora_b [r, out].
 
   Call from inside a compact projection: the factors sit beside its `kernel`, so nn.scan stacks
   them over layers like every other weight. x's trailing len(in_axes) dims are contracted.
-  `lora` is the rank's logical axis (replicated by the default rules: it is small).
+  The factors are 2-D whatever the kernel's layout: a side with several dims (heads x head_dim)
+  is flattened, so that one dimension can be split over the FSDP axes at every scale (head_dim
+  alone does not divide 256 devices). A side that is the model width keeps `embed`; the other
+  side is `lora_features` and the rank is `lora` (see the rule table, configs/schema.py).
   """
   num_in = len(in_axes)
   in_shape = x.shape[-num_in:]
-  a_init = nn.initializers.variance_scaling(_A_INIT_SCALE, "fan_in", "uniform",
-                                            in_axis=tuple(range(num_in)), out_axis=-1)
-  a = module.param(LORA_A, nn.with_logical_partitioning(a_init, in_axes + ("lora",)), in_shape + (rank,),
-                   param_dtype)
-  b = module.param(LORA_B, nn.with_logical_partitioning(nn.initializers.zeros, ("lora",) + out_axes),
-                   (rank,) + tuple(out_shape), param_dtype)
-  xa = jnp.tensordot(x.astype(dtype), a.astype(dtype), axes=num_in)
-  return jnp.tensordot(xa * jnp.asarray(alpha / rank, dtype), b.astype(dtype), axes=1)
+  a = module.param(LORA_A, nn.with_logical_partitioning(_A_INIT, (_factor_axis(in_axes), "lora")),
+                   (math.prod(in_shape), rank), param_dtype)
+  b = module.param(LORA_B, nn.with_logical_partitioning(nn.initializers.zeros, ("lora", _factor_axis(out_axes))),
+                   (rank, math.prod(out_shape)), param_dtype)
+  x = jnp.reshape(x, x.shape[:x.ndim - num_in] + (-1,))
+  xa = jnp.matmul(x.astype(dtype), a.astype(dtype))
+  y = jnp.matmul(xa * jnp.asarray(alpha / rank, dtype), b.astype(dtype))
+  return jnp.reshape(y, y.shape[:-1] + tuple(out_shape))
+
+
+def _factor_axis(kernel_axes: tuple[str, ...]) -> str:
+  """A factor's logical axis on one side of its projection: `embed` stays the model width."""
+  return "embed" if kernel_axes == ("embed",) else "lora_features"
 
 
 def has_lora(params: Any) -> bool:
@@ -135,10 +144,9 @@ def merge(params: Any, cfg) -> Any:
     if LORA_A not in node:
       return {k: fold(v) for k, v in node.items()}
     kernel, a, b = node["kernel"], node[LORA_A], node[LORA_B]
-    lead = a.ndim + b.ndim - 2 - kernel.ndim  # Leading stacked axes (nn.scan's layers), shared by all three.
-    a2 = jnp.reshape(a, a.shape[:lead] + (-1, a.shape[-1])).astype(jnp.float32)
-    b2 = jnp.reshape(b, b.shape[:lead + 1] + (-1,)).astype(jnp.float32)
-    delta = jnp.matmul(a2, b2, precision=jax.lax.Precision.HIGHEST).reshape(kernel.shape)
+    # The factors are [..., in, r] and [..., r, out], `...` the stacked axes (nn.scan's layers).
+    delta = jnp.matmul(a.astype(jnp.float32), b.astype(jnp.float32),
+                       precision=jax.lax.Precision.HIGHEST).reshape(kernel.shape)
     merged = (kernel.astype(jnp.float32) + scale * delta).astype(kernel.dtype)
     return {k: v for k, v in node.items() if k not in (LORA_A, LORA_B)} | {"kernel": merged}
 

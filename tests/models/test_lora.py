@@ -58,12 +58,12 @@ def randomise_b(params, seed=3, std=0.05):
   return jax.tree_util.tree_map_with_path(fill, params)
 
 
-def test_factors_sit_beside_every_targeted_kernel_stacked_over_layers():
+def test_factors_are_2d_beside_every_targeted_kernel_stacked_over_layers():
   params = init(dataclasses.replace(CFG, lora_targets=("q", "o", "down")))
   layer = params["layers"]
   assert layer["self_attn"]["q_proj"]["lora_a"].shape == (2, 64, RANK)
-  assert layer["self_attn"]["q_proj"]["lora_b"].shape == (2, RANK, 4, 16)
-  assert layer["self_attn"]["o_proj"]["lora_a"].shape == (2, 4, 16, RANK)
+  assert layer["self_attn"]["q_proj"]["lora_b"].shape == (2, RANK, 4 * 16)  # (heads, head_dim) flattened.
+  assert layer["self_attn"]["o_proj"]["lora_a"].shape == (2, 4 * 16, RANK)
   assert layer["self_attn"]["o_proj"]["lora_b"].shape == (2, RANK, 64)
   assert layer["mlp"]["down_proj"]["lora_a"].shape == (2, 128, RANK)
   for untargeted in (layer["self_attn"]["k_proj"], layer["self_attn"]["v_proj"], layer["mlp"]["up_proj"]):
@@ -195,10 +195,11 @@ def test_lora_factors_shard_over_fsdp_and_tensor():
   q = variables["params"]["layers"]["self_attn"]["q_proj"]
   P = jax.sharding.PartitionSpec
   assert q["lora_a"].sharding.spec == P(None, "fsdp", None)  # (layers, embed, lora)
-  assert q["lora_b"].sharding.spec == P(None, None, "tensor", None)  # (layers, lora, heads, head_dim)
-  assert q["lora_b"].addressable_shards[0].data.shape == (2, RANK, 2, 16)
+  # (layers, lora, heads x head_dim): split over tensor and FSDP, as it has no embed axis.
+  assert q["lora_b"].sharding.spec == P(None, None, ("tensor", "fsdp"))
+  assert q["lora_b"].addressable_shards[0].data.shape == (2, RANK, 64 // 4)
   down = shardings["params"]["layers"]["mlp"]["down_proj"]
-  assert down["lora_a"].spec == P(None, "tensor", None) and down["lora_b"].spec == P(None, None, "fsdp")
+  assert down["lora_a"].spec == P(None, ("tensor", "fsdp"), None) and down["lora_b"].spec == P(None, None, "fsdp")
   placed = jax.device_put({"params": params}, shardings)
   with sharding.activate(mesh, rules):
     out = jax.jit(lambda v: Backbone(CFG).apply(v, IDS).logits)(placed)
