@@ -25,6 +25,8 @@ CPU's; the differences between rows are what the mask costs.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 import flax.linen as nn
 import flax.struct
@@ -32,9 +34,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmar_jax import configs
-from mmar_jax.models import masks
-from mmar_jax.models.backbone import Backbone, BackboneConfig
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # For benchmarks.report.
+
+from benchmarks import report  # noqa: E402
+from mmar_jax import configs  # noqa: E402
+from mmar_jax.models import masks  # noqa: E402
+from mmar_jax.models.backbone import Backbone, BackboneConfig  # noqa: E402
 
 MODES = ("dense", "inside", "heads", "bias", "bias_inside", "causal", "none")
 _ATTENTION = jax.nn.dot_product_attention
@@ -133,6 +138,7 @@ def main():
   parser.add_argument("--layers", type=int, default=2)
   parser.add_argument("--heads", type=int, default=4)
   parser.add_argument("--remat", default="none", help="the backbone's remat_policy (mmar_7b: dots_with_no_batch_dims)")
+  report.add_json_flag(parser)
   args = parser.parse_args()
   check_rank_mask_matches()
   cfg = BackboneConfig.from_config(configs.with_values({
@@ -147,6 +153,7 @@ def main():
   print(f"{'batch':>5} {'mode':<11} {'forward':>10} {'fwd+bwd':>10} {'fwd - causal':>13} {'fwd+bwd - causal':>17}"
         f"  [b,l,l] bool = {length * length / 2**20:.0f} MiB per row; one layer's f32 logits = "
         f"{4 * cfg.num_heads * length * length / 2**20:.0f} MiB per row")
+  figures = []
   for batch in (int(b) for b in args.batch.split(",")):
     rows = {mode: [temp_bytes(cfg, mode, batch, length, train) / 2**20 for train in (False, True)]
             for mode in MODES}
@@ -154,6 +161,8 @@ def main():
       fwd, train = rows[mode]
       print(f"{batch:>5} {mode:<11} {fwd:>10.1f} {train:>10.1f} {fwd - rows['causal'][0]:>13.1f} "
             f"{train - rows['causal'][1]:>17.1f}")
+      figures.append(dict(batch=batch, mode=mode, forward_temp_mib=fwd, train_temp_mib=train))
+  report.emit(args, "attention_mask_memory", dict(backend=jax.default_backend(), seq_len=length, rows=figures))
 
 
 if __name__ == "__main__":

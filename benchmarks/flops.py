@@ -1,60 +1,72 @@
-"""Analytic FLOPs per token of each preset beside XLA's cost analysis of the compiled program.
+"""Analytic training FLOPs of each preset beside XLA's cost analysis of the compiled train step.
 
-    python benchmarks/flops.py [--seq_len 1024] [--batch 1]
+    python benchmarks/flops.py [--presets demo,mmar_0p5b,mmar_7b] [--lora_rank 16] [--json]
 
-Compiles (never runs) the forward pass and a training step's loss + gradients from abstract
-shapes, so even mmar_7b needs no memory. The convention is written in mmar_jax/train/flops.py
-(PaLM's: full seq_len x seq_len attention, training = 3 x forward); XLA counts the dense
-attention kernel whole too, so the two should agree to within the uncounted elementwise work.
+Compiles (never runs) the real train step (mmar_jax/train/step.py, with the loop's optimizer,
+on one device) from abstract inputs, so even mmar_7b needs no memory, and divides XLA's FLOPs by
+the rows of the batch; the analytic figure is `loop.training_flops_per_row` (backbone, adapter
+and head, by the convention in mmar_jax/train/flops.py: LoRA's matmuls counted, no weight
+gradients for frozen kernels). Each preset runs with LoRA on (its own rank, or `--lora_rank`
+where it has none) and off (rank 0: full fine-tuning). For the count the layers are unrolled
+(XLA's cost analysis counts a while loop's body, nn.scan's, once), the dtype is float32 and
+there is no remat, so that no recomputation or dtype-dependent fusion enters it.
+XLA counts what the analytic figure leaves out too (norms, softmax, activations, the optimizer
+update), so the ratio sits a little below 1, most at the demo's tiny widths.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import os
+import sys
+import time
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mmar_jax import configs
-from mmar_jax.models.backbone import Backbone, BackboneConfig
-from mmar_jax.train.flops import backbone_flops_per_token
+from benchmarks import memory, report  # noqa: E402  (memory's import fixes the fake device count)
+from mmar_jax import configs  # noqa: E402
+from mmar_jax.train import loop  # noqa: E402
 
 
-def xla_flops(fn, *args) -> float:
-  return jax.jit(fn).lower(*args).compile().cost_analysis()["flops"]
+def step_config(name: str, lora_rank: int):
+  config = configs.load_config(f"configs/{name}.py")
+  config.model.lora.rank = lora_rank
+  config.model.update(dtype="float32", scan_layers=False, remat_policy="none", adapter_remat=False)
+  config.head.update(dtype="float32", remat=False)
+  config.train.grad_accum_steps = 1  # A scan too.
+  return config
+
+
+def measure(name: str, lora_rank: int) -> dict:
+  config = step_config(name, lora_rank)
+  exp = memory.build(config)
+  tx = loop.build_optimizer(exp, config)
+  mesh, shardings = memory.shard(config, exp, tx, (1, 1, 1))
+  start = time.perf_counter()
+  compiled = memory.compile_step(config, exp, tx, mesh, shardings)
+  xla = compiled["compiled"].cost_analysis()["flops"] / config.data.batch_size
+  analytic = loop.training_flops_per_row(config)
+  return dict(preset=name, lora_rank=lora_rank, seq_len=config.data.seq_len, analytic_gflop_per_row=analytic / 1e9,
+              xla_gflop_per_row=xla / 1e9, ratio=analytic / xla, compile_s=time.perf_counter() - start)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--seq_len", type=int, default=1024)
-  parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--presets", default="demo,mmar_0p5b,mmar_7b")
+  parser.add_argument("--lora_rank", type=int, default=16, help="LoRA's rank for presets that have none")
+  report.add_json_flag(parser)
   args = parser.parse_args()
-  print(f"backend {jax.default_backend()}, batch {args.batch} x seq_len {args.seq_len}; GFLOPs per token")
-  print(f"{'preset':<10} {'analytic fwd':>13} {'XLA fwd':>9} {'ratio':>6} {'analytic train':>15} "
-        f"{'XLA train':>10} {'ratio':>6} {'attention share':>16}")
+  print("train step, one row of data.seq_len tokens, GFLOP per row (analytic / XLA)")
+  print(f"{'preset':<10} {'lora':>5} {'seq_len':>8} {'analytic':>12} {'XLA':>12} {'ratio':>6} {'compile s':>10}")
+  rows = []
   for name in args.presets.split(","):
-    # Unrolled layers: XLA's cost analysis counts a while loop's body (nn.scan) once, not per trip.
-    # float32 and no remat: no recomputation or dtype-dependent fusions in its count.
-    cfg = dataclasses.replace(BackboneConfig.from_config(configs.load_config(f"configs/{name}.py")),
-                              dtype="float32", remat_policy="none", scan_layers=False)
-    model = Backbone(cfg)
-    ids = jax.ShapeDtypeStruct((args.batch, args.seq_len), jnp.int32)
-    params = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), ids))
-
-    def loss(p, x):
-      logits = model.apply(p, x).logits
-      return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits[:, :-1]), x[:, 1:, None], -1))
-
-    tokens = args.batch * args.seq_len
-    fwd = xla_flops(lambda p, x: model.apply(p, x).logits, params, ids) / tokens
-    train = xla_flops(jax.grad(loss), params, ids) / tokens
-    analytic = backbone_flops_per_token(cfg, args.seq_len)
-    print(f"{name:<10} {analytic.forward / 1e9:>13.4f} {fwd / 1e9:>9.4f} {fwd / analytic.forward:>6.3f} "
-          f"{analytic.training / 1e9:>15.4f} {train / 1e9:>10.4f} {train / analytic.training:>6.3f} "
-          f"{analytic.attention / analytic.forward:>16.1%}")
+    preset_rank = configs.load_config(f"configs/{name}.py").model.lora.rank
+    for rank in (preset_rank or args.lora_rank, 0):
+      row = measure(name, rank)
+      rows.append(row)
+      print(f"{name:<10} {rank:>5} {row['seq_len']:>8} {row['analytic_gflop_per_row']:>12.2f} "
+            f"{row['xla_gflop_per_row']:>12.2f} {row['ratio']:>6.3f} {row['compile_s']:>10.1f}", flush=True)
+  report.emit(args, "flops", {"rows": rows})
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ are image positions whose hidden states condition the head. Times are medians of
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
 import flax.linen as nn
@@ -18,11 +20,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmar_jax import configs
-from mmar_jax.diffusion import losses
-from mmar_jax.diffusion.schedule import Schedule
-from mmar_jax.models.backbone import Backbone, BackboneConfig
-from mmar_jax.models.diffusion_head import DiffusionHead, HeadConfig
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # For benchmarks.report.
+
+from benchmarks import report  # noqa: E402
+from mmar_jax import configs  # noqa: E402
+from mmar_jax.diffusion import losses  # noqa: E402
+from mmar_jax.diffusion.schedule import Schedule  # noqa: E402
+from mmar_jax.models.backbone import Backbone, BackboneConfig  # noqa: E402
+from mmar_jax.models.diffusion_head import DiffusionHead, HeadConfig  # noqa: E402
 
 
 def _median_ms(fn, *args, repeats: int) -> float:
@@ -42,6 +47,7 @@ def main():
   parser.add_argument("--seq_len", type=int, default=256)
   parser.add_argument("--image_tokens", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=20)
+  report.add_json_flag(parser)
   args = parser.parse_args()
   config = configs.load_config(args.config)
   head_cfg, bb_cfg = HeadConfig.from_config(config), BackboneConfig.from_config(config)
@@ -93,6 +99,9 @@ def main():
   print(f"| backbone + head (joint step) | {t_joint:.2f} |")
   print(f"folded/loop speed-up {t_loop / t_fold:.2f}x; head share of the joint step: "
         f"{100 * (t_joint - t_bb) / t_joint:.1f}% (joint - backbone), {100 * t_fold / t_joint:.1f}% (head alone / joint)")
+  report.emit(args, "head_throughput", dict(backend=jax.default_backend(), config=args.config, head_rows=rows,
+                                            head_folded_ms=t_fold, head_loop_ms=t_loop, backbone_ms=t_bb,
+                                            joint_ms=t_joint))
 
 
 if __name__ == "__main__":

@@ -102,6 +102,16 @@ def trainable_mask(params: Any, lora_rank: int, *, train_rows: Sequence[int] | N
   return jax.tree_util.tree_map_with_path(leaf_mask, params)
 
 
+def stop_frozen_gradients(params: Any, lora_rank: int) -> Any:
+  """`params` with `jax.lax.stop_gradient` on the frozen leaves (`trainable_mask` all False), so
+  that the backward pass skips their weight-gradient matmuls (their gradients are zeros, which
+  `partition_optimizer` ignores anyway). Activation gradients still flow through them."""
+  if lora_rank == 0:
+    return params
+  mask = trainable_mask(params, lora_rank)
+  return jax.tree.map(lambda p, m: p if m else jax.lax.stop_gradient(p), params, mask)
+
+
 def partition_optimizer(tx: optax.GradientTransformation, params: Any, lora_rank: int, *,
                         train_rows: Sequence[int] | None = None) -> optax.GradientTransformation:
   """`tx` on the trainable parameters, zero updates (and no optimizer state) on the frozen ones.

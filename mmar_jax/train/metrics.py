@@ -1,7 +1,7 @@
 """Training metrics: throughput and MFU, and where they go (TensorBoard event files, the console).
 
 MFU = achieved model FLOP/s / (devices x peak FLOP/s). Model FLOPs follow `train/flops.py`
-(PaLM convention: 2 per multiply-add, full attention matrix, training = 3 x forward); the peak is
+(2 per multiply-add, full attention matrix, LoRA's matmuls, no weight gradients for frozen kernels); the peak is
 the device's dense 16-bit matmul rate from its data sheet, or config.train.peak_flops_per_device.
 """
 

@@ -17,6 +17,7 @@ import optax
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from mmar_jax.batch import Batch
+from mmar_jax.models import lora
 from mmar_jax.models.mmar import MMAR, MaskRatioConfig, draw_generation_mask
 from mmar_jax.models.tokenizers import ImageTokenizer
 from mmar_jax.train import optimizer
@@ -76,6 +77,9 @@ def make_train_step(model: MMAR, tokenizer: ImageTokenizer, tx: optax.GradientTr
     token_rng, mask_rng, loss_rng = jax.random.split(rng, 3)
     tokens = image_tokens(tokenizer, tokenizer_params, batch, token_rng if cfg.sample_posterior else None)
     generate_mask = draw_generation_mask(mask_rng, batch.image_task, tokens.shape[2], cfg.mask_ratio)
+    # Frozen base weights (LoRA on) get no weight gradients: XLA then skips those matmuls, and
+    # grad_norm covers the trainable leaves only, as the clipping inside the optimizer does.
+    params = lora.stop_frozen_gradients(params, model.cfg.backbone.lora_rank)
     out = model.apply({"params": params}, batch, tokens, generate_mask, loss_rng)
     return out.loss, {"loss": out.loss, "ce": out.ce, "v_loss": out.v_loss, "head_overflow": out.head_overflow}
 
