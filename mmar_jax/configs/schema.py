@@ -20,7 +20,7 @@ SAMPLERS = ("ddpm", "ddim")
 CFG_SCHEDULES = ("linear", "constant")
 MASK_RATIO_DISTS = ("uniform", "truncnorm")
 TOKENIZER_KINDS = ("patch", "kl16")
-DATA_SOURCES = ("synthetic", "manifest", "tfds", "latents")
+DATA_SOURCES = ("synthetic", "manifest", "tfds", "latents", "mixture")
 # The backbone projections LoRA can adapt (mmar_jax/models/lora.py adds the factors).
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -238,6 +238,13 @@ def base_config() -> ml_collections.ConfigDict:
   # source='latents': each epoch, half the records (drawn per record from data.seed) train on the
   # mirrored image's cached moments, MAR's flip augmentation; False always takes the image's own.
   config.data.latents_flip = True
+  # source='mixture': "KIND:LOCATION@WEIGHT" entries, comma-separated (data/mixture.py), e.g.
+  # "manifest:a.jsonl@3,manifest:b.jsonl@1"; records drawn from each in proportion to its weight.
+  config.data.mixture = ""
+  # Share of each source's records held out of training by a hash of the record's index
+  # (data/holdout.py), stable across process counts and resumes; their mean loss is logged
+  # every train.eval_every steps as val/loss, val/ce and val/v_loss. 0 holds nothing out.
+  config.data.validation_fraction = 0.0
   # source='tfds': a dataset the user prepared in array_record format; nothing downloads.
   config.data.tfds_name = ""
   config.data.tfds_split = "train"

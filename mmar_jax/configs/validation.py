@@ -108,6 +108,14 @@ def validate_data(config: ml_collections.ConfigDict) -> None:
   if d.source == "latents" and config.tokenizer.kind != "kl16":
     fail("data.source", d.source, f"holds KL-16 moments; it needs config.tokenizer.kind='kl16', not "
          f"{config.tokenizer.kind!r}")
+  if d.source == "mixture":
+    from mmar_jax.data import mixture  # Imports this module's ConfigError: only here, not at the top.
+    entries = mixture.parse(d.mixture)
+    if any(e.kind == "latents" for e in entries) and config.tokenizer.kind != "kl16":
+      fail("data.mixture", d.mixture, f"mixes latent caches of KL-16 moments; it needs config.tokenizer.kind="
+           f"'kl16', not {config.tokenizer.kind!r}")
+  if not 0.0 <= d.validation_fraction < 1.0:
+    fail("data.validation_fraction", d.validation_fraction, "must be in [0, 1)")
   if d.source == "tfds" and not d.tfds_name:
     fail("data.tfds_name", d.tfds_name, "must name a prepared TFDS dataset when config.data.source='tfds'")
   if bool(d.tfds_question_key) != bool(d.tfds_answer_key):

@@ -1,8 +1,8 @@
 """The grain input pipeline: source -> shuffled host shard -> task sequences in workers -> rows -> batches.
 
 Per host (`process_index` of `process_count`):
-  MapDataset.source -> seed -> shuffle (a new order each epoch) -> this host's slice -> repeat ->
-  random_map(decode + task sequence) -> to_iter_dataset -> mp_prefetch (worker processes) ->
+  MapDataset.source (its training records: holdout.py) -> seed -> shuffle (a new order each epoch)
+  -> this host's slice -> repeat -> [MapDataset.mix of several such, mixture.py] -> random_map(decode + task sequence) -> to_iter_dataset -> mp_prefetch (worker processes) ->
   skip corrupt -> pack (FirstFit) or pad -> row -> batch(batch_size // process_count) -> Batch
 Everything after the workers is cheap numpy and stateful only through grain iterators, so the
 iterator's state (grain.checkpoint.CheckpointSave / CheckpointRestore in an Orbax checkpoint)
@@ -25,7 +25,7 @@ from tokenizers import Tokenizer
 
 import grain
 from mmar_jax.batch import Batch
-from mmar_jax.data import decode, latent_source, sequences, synthetic, text_tokenizer
+from mmar_jax.data import decode, holdout, latent_source, mixture, sequences, synthetic, text_tokenizer
 from mmar_jax.data.manifest import ManifestSource
 from mmar_jax.data.tfds_source import TfdsConfig, TfdsSource
 from mmar_jax.data.corrupt import SkipCorruptIterDataset, SkipCorruptIterator
@@ -36,6 +36,8 @@ class PipelineConfig:
   """What the pipeline needs (from config.data)."""
   source: str
   manifest: str
+  mixture: tuple[mixture.MixtureEntry, ...]  # source='mixture' only; () otherwise.
+  validation_fraction: float
   synthetic_records: int
   synthetic_noisy_backgrounds: bool
   synthetic_held_out_modulus: int
@@ -53,7 +55,9 @@ class PipelineConfig:
   @classmethod
   def from_config(cls, config) -> PipelineConfig:
     d = config.data
-    return cls(source=d.source, manifest=d.manifest, synthetic_records=d.synthetic_records,
+    return cls(source=d.source, manifest=d.manifest,
+               mixture=mixture.parse(d.mixture) if d.source == "mixture" else (),
+               validation_fraction=d.validation_fraction, synthetic_records=d.synthetic_records,
                synthetic_noisy_backgrounds=d.synthetic_noisy_backgrounds,
                synthetic_held_out_modulus=d.synthetic_held_out_modulus,
                image_size=config.tokenizer.image_size, batch_size=d.batch_size, num_workers=d.num_workers,
@@ -65,9 +69,33 @@ class PipelineConfig:
                                question_key=d.tfds_question_key, answer_key=d.tfds_answer_key),
                latents=latent_source.LatentsConfig.from_config(config))
 
+  @property
+  def reads_moments(self) -> bool:
+    """Records are latent-cache moments, not pixels (a mixture holds only one kind: mixture.py)."""
+    return self.source == "latents" or bool(self.mixture) and self.mixture[0].kind == "latents"
+
+
+def make_sources(config: PipelineConfig) -> list[tuple[grain.sources.RandomAccessDataSource, float]]:
+  """(source, weight) of each source the config names: one, or a mixture's entries."""
+  if config.source != "mixture":
+    return [(make_source(config), 1.0)]
+  made = []
+  for entry in config.mixture:
+    one = dataclasses.replace(config, source=entry.kind)
+    if entry.kind == "synthetic":
+      one = dataclasses.replace(one, synthetic_records=int(entry.location))
+    elif entry.kind == "manifest":
+      one = dataclasses.replace(one, manifest=entry.location)
+    elif entry.kind == "tfds":
+      one = dataclasses.replace(one, tfds=dataclasses.replace(config.tfds, name=entry.location))
+    else:
+      one = dataclasses.replace(one, latents=dataclasses.replace(config.latents, dir=entry.location))
+    made.append((make_source(one), entry.weight))
+  return made
+
 
 def make_source(config: PipelineConfig) -> grain.sources.RandomAccessDataSource:
-  """The random-access source named by config.data.source."""
+  """The random-access source named by config.data.source (one, not a mixture)."""
   if config.source == "synthetic":
     return synthetic.SyntheticShapesSource(
         synthetic.SyntheticConfig(config.synthetic_records, config.image_size, seed=config.seed,
@@ -91,7 +119,7 @@ class RecordToSequence(grain.transforms.RandomMap):
     self._ids = text_tokenizer.special_ids(tokenizer)
 
   def random_map(self, element: dict, rng: np.random.Generator) -> dict:
-    if self._config.source == "latents":
+    if self._config.reads_moments:
       record = latent_source.decode_record(element)
     else:
       record = decode.decode_record(element, self._config.image_size)
@@ -100,7 +128,7 @@ class RecordToSequence(grain.transforms.RandomMap):
     seq = sequences.build_sequence(record, rng, self._config.sequence, self._tokenizer, self._ids)
     # MAR's random flip of cached moments, drawn after the sequence so that the task draws are
     # those a pixel source of the same records gets from the same seed.
-    if self._config.source == "latents" and self._config.latents.flip and rng.random() < 0.5:
+    if self._config.reads_moments and self._config.latents.flip and rng.random() < 0.5:
       seq["image_moments"] = record["moments_flip"][None]
     if self._config.sequence.packing:
       return seq
@@ -113,9 +141,16 @@ def host_batch_size(config: PipelineConfig, process_count: int) -> int:
   return config.batch_size // process_count
 
 
+def _training_stream(source, seed: int, process_index: int, process_count: int) -> grain.MapDataset:
+  # Shuffle before slicing: every host draws the same permutation per epoch and takes its own
+  # stride of it, so hosts are disjoint within an epoch and together cover it.
+  ds = grain.MapDataset.source(source).seed(seed).shuffle()
+  return ds[process_index::process_count].repeat(None)  # Reseeds the shuffle every epoch.
+
+
 def build_dataset(config: PipelineConfig, tokenizer: Tokenizer, *, source=None, process_index: int | None = None,
                   process_count: int | None = None, start: int = 0) -> grain.IterDataset:
-  """This host's infinite stream of batches (`Batch`es of numpy arrays).
+  """This host's infinite stream of batches (`Batch`es of numpy arrays) of the training records.
 
   `process_index` / `process_count` default to jax's; tests pass them to simulate hosts.
   `start` skips that many records of this host's slice (a resume at another process count
@@ -123,13 +158,46 @@ def build_dataset(config: PipelineConfig, tokenizer: Tokenizer, *, source=None, 
   """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  source = make_source(config) if source is None else source
+  ds = training_records(config, source=source, process_index=process_index, process_count=process_count)
+  return _to_batches(ds, config, tokenizer, process_count, start=start)
+
+
+def training_records(config: PipelineConfig, *, source=None, process_index: int, process_count: int
+                     ) -> grain.MapDataset:
+  """This host's infinite stream of raw training records: each source's records less the held-out
+  ones, shuffled per epoch, and for a mixture interleaved by grain in proportion to the weights."""
+  weighted = make_sources(config) if source is None else [(source, 1.0)]
+  if config.validation_fraction:
+    weighted = [(holdout.split(s, config.validation_fraction)[0], w) for s, w in weighted]
+  # Each source its own seed, so two mixed copies of one source are not shuffled alike.
+  streams = [_training_stream(s, config.seed + k, process_index, process_count) for k, (s, _) in enumerate(weighted)]
+  return streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, [w for _, w in weighted])
+
+
+def build_validation_dataset(config: PipelineConfig, tokenizer: Tokenizer, *, process_index: int | None = None,
+                             process_count: int | None = None) -> grain.IterDataset | None:
+  """This host's share of the held-out records, once, as padded batches (the same rows every
+  time: task draws come from data.seed); None when config.data.validation_fraction is 0."""
+  if not config.validation_fraction:
+    return None
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  held = [holdout.split(s, config.validation_fraction)[1] for s, _ in make_sources(config)]
+  ds = grain.MapDataset.concatenate([grain.MapDataset.source(s) for s in held]).seed(config.seed)
+  # Every host as many records, so each runs as many batches (the loss is a collective).
+  ds = ds[process_index::process_count][:len(ds) // process_count]
+  if len(ds) < host_batch_size(config, process_count):
+    raise ValueError(f"config.data.validation_fraction={config.validation_fraction} holds out {len(ds)} records "
+                     f"a host, fewer than one batch ({host_batch_size(config, process_count)} rows): hold out more")
+  # Padded rows: a packed row's contents would depend on its neighbours.
+  unpacked = dataclasses.replace(config, num_workers=0, sequence=dataclasses.replace(config.sequence, packing=False))
+  return _to_batches(ds, unpacked, tokenizer, process_count, start=0)
+
+
+def _to_batches(ds: grain.MapDataset, config: PipelineConfig, tokenizer: Tokenizer, process_count: int, *,
+                start: int) -> grain.IterDataset:
   seq = config.sequence
   pad_id = text_tokenizer.special_ids(tokenizer).pad
-  # Shuffle before slicing: every host draws the same permutation per epoch and takes its own
-  # stride of it, so hosts are disjoint within an epoch and together cover it.
-  ds = grain.MapDataset.source(source).seed(config.seed).shuffle()
-  ds = ds[process_index::process_count].repeat(None)  # Reseeds the shuffle every epoch.
   if start:
     ds = ds[start:]
   ds = ds.random_map(RecordToSequence(config, tokenizer)).to_iter_dataset()
@@ -143,7 +211,7 @@ def build_dataset(config: PipelineConfig, tokenizer: Tokenizer, *, source=None, 
   ds = SkipCorruptIterDataset(ds, config.max_corrupt_fraction)
   if seq.packing:
     lengths = {key: seq.seq_len for key in sequences.TOKEN_FEATURES}
-    images = sequences.MOMENTS_FEATURES if config.source == "latents" else sequences.IMAGE_FEATURES
+    images = sequences.MOMENTS_FEATURES if config.reads_moments else sequences.IMAGE_FEATURES
     lengths.update({key: seq.max_images for key in images})
     padding = {key: 0 for key in lengths} | {"input_ids": pad_id, "targets": pad_id}
     ds = grain.experimental.FirstFitPackIterDataset(

@@ -16,8 +16,9 @@ with the record's answer word for word. Results go to TensorBoard (scalars, the 
 text table, under eval/<set>/), to `eval/step_<k>_<set>.png` and `eval/step_<k>.json` (both sets)
 under the workdir.
 
-For other data sources there are no labels to judge by; the hook still generates and answers
-from the synthetic prompts, so a run always shows what the model does [ours].
+Other data sources have no labels to judge by, so the loop does not run this hook on them
+(loop.default_eval_fn says so in one line); their evaluation is the validation loss on held-out
+records (config.data.validation_fraction).
 """
 
 from __future__ import annotations

@@ -75,9 +75,19 @@ class _Preemption:
 
 
 def default_eval_fn(config: ml_collections.ConfigDict, workdir: str) -> EvalFn | None:
-  """The periodic evaluation hook (train/evaluation.py), or None when config.train.eval_every is 0."""
+  """The periodic evaluation hook (train/evaluation.py), or None when config.train.eval_every is 0
+  or the data are not the synthetic shapes (its scorer judges by their labels only)."""
+  if not config.train.eval_every:
+    return None
+  if config.data.source != "synthetic":
+    if jax.process_index() == 0:
+      held = ("the validation loss (data.validation_fraction) is the evaluation"
+              if config.data.validation_fraction else "set data.validation_fraction for a validation loss")
+      print(f"evaluation: the synthetic-shapes scorer is skipped: data.source={config.data.source!r} is not "
+            f"the synthetic shapes; {held}", flush=True)
+    return None
   from mmar_jax.train import evaluation  # Pulls in the inference loops; only runs that evaluate need it.
-  return evaluation.make_hook(config, workdir) if config.train.eval_every else None
+  return evaluation.make_hook(config, workdir)
 
 
 def build_optimizer(exp: experiment.Experiment, config: ml_collections.ConfigDict):
@@ -192,6 +202,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Tru
     jitted = jax.jit(train_step, in_shardings=(run.state_shardings, pipeline.batch_sharding(mesh, rules), None),
                      out_shardings=(run.state_shardings, None), donate_argnums=0)
   writer = metrics.Writer(metrics.logdir(workdir))
+  validate = _validation(run, tokenizer_params, writer)
   window = _Window(writer, config, metrics.peak_flops_per_device(jax.devices()[0], t.peak_flops_per_device))
   reason = "done"
   progress = tqdm.tqdm(total=stop_at, initial=step, desc="train", unit="step", disable=jax.process_index() != 0,
@@ -210,12 +221,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Tru
         progress.update(1)
         if step % t.checkpoint_every == 0:
           run.save(state)
-        if eval_fn is not None and t.eval_every and step % t.eval_every == 0:
-          eval_fn(exp, state.params, step)
+        if t.eval_every and step % t.eval_every == 0:
+          if validate is not None:
+            validate(state.params, step)
+          if eval_fn is not None:
+            eval_fn(exp, state.params, step)
         stop = preemption.stop_reason(bool(t.time_limit_s) and time.monotonic() - start_time > t.time_limit_s)
         if stop is not None:
           reason = stop
           break
+      if reason == "done" and validate is not None and t.eval_every and step % t.eval_every:
+        validate(state.params, step)
       if pending is not None:
         window.add(*pending, mngr, final=True)
       progress.set_postfix(window.postfix(), refresh=True)
@@ -227,6 +243,37 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Tru
   if reason == "done" and eval_fn is not None and t.eval_every and step % t.eval_every:
     eval_fn(exp, state.params, step)
   return RunResult(start_step=start_step, step=step, reason=reason, last_metrics=window.last)
+
+
+def _validation(run: Run, tokenizer_params, writer: metrics.Writer):
+  """`validate(params, step)`: the mean loss over this run's held-out records (data.validation_fraction),
+  written as val/loss, val/ce, val/v_loss and printed; None when nothing is held out."""
+  config = run.config
+  pc = pipeline.PipelineConfig.from_config(config)
+  dataset = pipeline.build_validation_dataset(pc, run.exp.text_tokenizer)
+  if dataset is None:
+    return None
+  rules = config.mesh.logical_axis_rules
+  fn = step_lib.make_validation_step(run.exp.model, run.exp.image_tokenizer, step_lib.StepConfig.from_config(config))
+  with sharding.activate(run.mesh, rules):
+    jitted = jax.jit(fn, in_shardings=(run.state_shardings.params, pipeline.batch_sharding(run.mesh, rules), None,
+                                       None))
+  rng = jax.random.key(config.data.seed)
+
+  def validate(params, step: int) -> None:
+    sums, count = {}, 0
+    with sharding.activate(run.mesh, rules):
+      for batch in dataset:  # Each host the same number of batches: shares differ by at most one record.
+        parts = jax.device_get(jitted(params, pipeline.to_global(batch, run.mesh, rules), tokenizer_params, rng))
+        sums = {k: sums.get(k, 0.0) + float(v) for k, v in parts.items()}
+        count += 1
+    means = {f"val/{k}": v / count for k, v in sums.items()}
+    writer.scalars(step, means)
+    if jax.process_index() == 0:
+      tqdm.tqdm.write(f"step {step}: validation on {count} batches: " +
+                      ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
+
+  return validate
 
 
 class _Window:

@@ -66,13 +66,7 @@ def _micro_batches(batch: Batch, num: int) -> Batch:
   return jax.tree.map(split, batch)
 
 
-def make_train_step(model: MMAR, tokenizer: ImageTokenizer, tx: optax.GradientTransformation,
-                    learning_rate: optax.Schedule, cfg: StepConfig):
-  """The pure step function for `jax.jit`; call it under `sharding.activate(mesh, rules)`.
-
-  `learning_rate` is the schedule inside `tx`, evaluated here only to log its value.
-  """
-
+def _loss_fn(model: MMAR, tokenizer: ImageTokenizer, cfg: StepConfig):
   def loss_fn(params, batch, tokenizer_params, rng):
     token_rng, mask_rng, loss_rng = jax.random.split(rng, 3)
     tokens = image_tokens(tokenizer, tokenizer_params, batch, token_rng if cfg.sample_posterior else None)
@@ -82,8 +76,30 @@ def make_train_step(model: MMAR, tokenizer: ImageTokenizer, tx: optax.GradientTr
     params = lora.stop_frozen_gradients(params, model.cfg.backbone.lora_rank)
     out = model.apply({"params": params}, batch, tokens, generate_mask, loss_rng)
     return out.loss, {"loss": out.loss, "ce": out.ce, "v_loss": out.v_loss, "head_overflow": out.head_overflow}
+  return loss_fn
 
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+def make_validation_step(model: MMAR, tokenizer: ImageTokenizer, cfg: StepConfig):
+  """`validation_step(params, batch, tokenizer_params, rng) -> {'loss', 'ce', 'v_loss'}`: the
+  training loss of a batch without a gradient; the caller fixes `rng` so every evaluation
+  draws the same masks, timesteps and noise."""
+  loss_fn = _loss_fn(model, tokenizer, cfg)
+
+  def validation_step(params, batch: Batch, tokenizer_params: Any, rng: PRNGKeyArray) -> dict[str, Array]:
+    _, parts = loss_fn(params, batch, tokenizer_params, rng)
+    return {key: parts[key] for key in ("loss", "ce", "v_loss")}
+
+  return validation_step
+
+
+def make_train_step(model: MMAR, tokenizer: ImageTokenizer, tx: optax.GradientTransformation,
+                    learning_rate: optax.Schedule, cfg: StepConfig):
+  """The pure step function for `jax.jit`; call it under `sharding.activate(mesh, rules)`.
+
+  `learning_rate` is the schedule inside `tx`, evaluated here only to log its value.
+  """
+
+  grad_fn = jax.value_and_grad(_loss_fn(model, tokenizer, cfg), has_aux=True)
 
   def train_step(state: TrainState, batch: Batch, tokenizer_params: Any
                  ) -> tuple[TrainState, dict[str, Array]]:
