@@ -78,6 +78,8 @@ def get_config():
   config.train.log_every = 25
   config.train.checkpoint_every = 200
   config.train.eval_every = 500
+  # An average over the last ~100 of the 1000 steps (0.9999's 10,000 would still be mostly the init).
+  config.train.ema_decay = 0.99
   config.train.eval_samples = 8  # Of each set (unseen, seen): the hook's 16 records as before the split.
   config.train.time_limit_s = 540.0
   return config

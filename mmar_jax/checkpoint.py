@@ -2,6 +2,8 @@
 
 A checkpoint step is an Orbax composite directory of items:
   params/       the model's parameters (StandardSave); restorable alone, onto any mesh
+  ema/          training with config.train.ema_decay > 0: the EMA of the trainable params (the
+                params tree pruned to them, train/ema.py); readers use it by default
   config/       a JSON snapshot of the full ml_collections config, read back through the schema
   train_state/  training only: {step, opt_state, rng}
   data/         training only: the grain iterator's state, one process_<i>-of-<n>.json a process
@@ -30,9 +32,13 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from mmar_jax import configs
+from mmar_jax.train import ema as ema_lib
 
-PARAMS, CONFIG, TRAIN_STATE, DATA, RUN = "params", "config", "train_state", "data", "run"
-TRAINING_ITEMS = (PARAMS, TRAIN_STATE, DATA, CONFIG, RUN)
+PARAMS, EMA, CONFIG, TRAIN_STATE, DATA, RUN = "params", "ema", "config", "train_state", "data", "run"
+TRAINING_ITEMS = (PARAMS, EMA, TRAIN_STATE, DATA, CONFIG, RUN)
+WEIGHTS = ("ema", "raw")  # load_params(weights=...): the EMA (where a step has one) or the params as trained.
+WEIGHTS_HELP = ("Which weights: ema (the trainable params' moving average, config.train.ema_decay) or raw (the "
+                "params as trained); default: ema where the checkpoint holds it, else raw.")
 CHECKPOINTS = "checkpoints"  # A training workdir's Orbax CheckpointManager directory.
 TOKENIZER_DIR = "tokenizer"  # Beside checkpoints/: the tokenizer files, copied at the first save.
 WHAT = ("a training --workdir (holding checkpoints/), its checkpoints/ directory, a step directory "
@@ -108,12 +114,16 @@ def load_config(path: str | os.PathLike, step: int | None = None) -> ml_collecti
   return configs.from_dict(_restore(step_dir, {CONFIG: ocp.args.JsonRestore()})[CONFIG])
 
 
-def params_target(step_dir: epath.Path, shardings: Any = None) -> Any:
-  """The params item's restore target: the saved shapes and dtypes, placed as this process says.
+def has_ema(step_dir: epath.Path) -> bool:
+  return (step_dir / EMA).is_dir()
+
+
+def params_target(step_dir: epath.Path, shardings: Any = None, item: str = PARAMS) -> Any:
+  """The params (or EMA) item's restore target: the saved shapes and dtypes, placed as this process says.
 
   `shardings`: None (this process's first device), one Sharding for every leaf, or a tree of them.
   """
-  metadata = ocp.StandardCheckpointHandler().metadata(step_dir / PARAMS)
+  metadata = ocp.StandardCheckpointHandler().metadata(step_dir / item)
   metadata = getattr(metadata, "tree", metadata)
   if shardings is None:
     shardings = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -123,8 +133,8 @@ def params_target(step_dir: epath.Path, shardings: Any = None) -> Any:
 
 
 def load_params(path: str | os.PathLike, step: int | None = None, *, shardings: Any = None,
-                tokenizer: str | None = None, vae: str | None = None, need_vae: bool = True
-                ) -> tuple[Any, ml_collections.ConfigDict, int]:
+                tokenizer: str | None = None, vae: str | None = None, need_vae: bool = True,
+                weights: str | None = None) -> tuple[Any, ml_collections.ConfigDict, int]:
   """(params, config, step) of any checkpoint (a workdir, checkpoints/, a step, an import-hf dir).
 
   Without `step` the newest readable step is used (an unreadable one is named and skipped); a
@@ -132,7 +142,11 @@ def load_params(path: str | os.PathLike, step: int | None = None, *, shardings: 
   one; `tokenizer` and `vae` override the stored tokenizer and VAE references. Params land on
   this process's first device unless `shardings` says otherwise (see `params_target`).
   `need_vae=False` (export) skips checking that the stored VAE reference exists here.
+  `weights`: None the EMA where the step has one (else the params), "ema" the EMA (an error
+  without one), "raw" the params as trained.
   """
+  if weights is not None and weights not in WEIGHTS:
+    raise ValueError(f"--weights={weights!r}: give one of {', '.join(WEIGHTS)}")
   located = locate(path)
   if located.step_dir is not None and step is not None and located.step_dir.name.isdigit() \
      and int(located.step_dir.name) != step:
@@ -150,8 +164,14 @@ def load_params(path: str | os.PathLike, step: int | None = None, *, shardings: 
   failures = []
   for step_dir in candidates:
     try:
-      restored = _restore(step_dir, {PARAMS: ocp.args.StandardRestore(params_target(step_dir, shardings)),
-                                     CONFIG: ocp.args.JsonRestore()})
+      items = {PARAMS: ocp.args.StandardRestore(params_target(step_dir, shardings)), CONFIG: ocp.args.JsonRestore()}
+      averaged = weights != "raw" and has_ema(step_dir)
+      if averaged:
+        # The EMA's leaves are the params'; one tree of shardings covers both (pruned for the EMA).
+        ema_shardings = shardings if shardings is None or isinstance(shardings, jax.sharding.Sharding) \
+            else ema_lib.like(shardings, ocp.StandardCheckpointHandler().metadata(step_dir / EMA).tree)
+        items[EMA] = ocp.args.StandardRestore(params_target(step_dir, ema_shardings, EMA))
+      restored = _restore(step_dir, items)
     except Exception as e:  # noqa: BLE001 - an unreadable step is named; the one before it is tried.
       if len(candidates) == 1:
         raise ValueError(f"checkpoint {step_dir} is unreadable ({type(e).__name__}: {e})") from None
@@ -162,7 +182,11 @@ def load_params(path: str | os.PathLike, step: int | None = None, *, shardings: 
     config = resolve_assets(configs.from_dict(restored[CONFIG]), located.root, tokenizer=tokenizer, vae=vae,
                             need_vae=need_vae)
     number = int(step_dir.name) if step_dir.name.isdigit() else 0
-    return restored[PARAMS], config, number
+    if weights == "ema" and not averaged:
+      raise ValueError(f"--weights=ema: checkpoint {step_dir} holds no EMA (trained with config.train.ema_decay=0, "
+                       "or written by import-hf); use --weights=raw")
+    params = ema_lib.merge(restored[PARAMS], restored[EMA]) if averaged else restored[PARAMS]
+    return params, config, number
   raise ValueError(f"no readable checkpoint in {located.steps_dir}: " + "; ".join(failures))
 
 

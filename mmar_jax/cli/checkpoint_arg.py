@@ -26,12 +26,15 @@ class Trained:
   step: int
 
 
-def load(ckpt: str | None, step: int | None, *, tokenizer: str | None = None, vae: str | None = None) -> Trained:
-  """The checkpoint's params (newest readable step unless one is chosen) and the experiment its config builds."""
+def load(ckpt: str | None, step: int | None, *, tokenizer: str | None = None, vae: str | None = None,
+         weights: str | None = None) -> Trained:
+  """The checkpoint's params (newest readable step unless one is chosen; the EMA unless `weights`
+  says "raw", see checkpoint.load_params) and the experiment its config builds."""
   if not ckpt:
     raise ValueError(f"--ckpt is required: {WHAT}")
   try:
-    params, config, step = checkpoint.load_params(ckpt, step, tokenizer=tokenizer, vae=vae)
+    params, config, step = checkpoint.load_params(ckpt, step, tokenizer=tokenizer, vae=vae,
+                                                   weights=weights)
   except (FileNotFoundError, ValueError) as e:
     raise type(e)(f"--ckpt={ckpt}: {e}") from None
   exp = experiment.build(config)

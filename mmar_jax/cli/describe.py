@@ -27,6 +27,7 @@ import tqdm
 from absl import flags
 from PIL import Image
 
+from mmar_jax import checkpoint
 from mmar_jax.cli import checkpoint_arg
 from mmar_jax.data import decode, text_tokenizer
 from mmar_jax.infer import describe
@@ -56,6 +57,7 @@ class Request:
   question: str
   record: dict  # The JSONL line as read (empty for --image).
 
+_WEIGHTS = flags.DEFINE_enum("weights", None, list(checkpoint.WEIGHTS), checkpoint.WEIGHTS_HELP)
 
 def main(argv):
   del argv
@@ -67,7 +69,8 @@ def main(argv):
   for r in requests:
     if not os.path.isfile(r.image):
       raise FileNotFoundError(f"{r.where}: image {r.image} does not exist")
-  trained = checkpoint_arg.load(_CKPT.value, _STEP.value, tokenizer=_TOKENIZER.value, vae=_VAE.value)
+  trained = checkpoint_arg.load(_CKPT.value, _STEP.value, tokenizer=_TOKENIZER.value, vae=_VAE.value,
+                              weights=_WEIGHTS.value)
   question_ids = [question_tokens(trained.exp, r, _MAX_NEW_TOKENS.value) for r in requests]
   answers = answer(trained, requests, question_ids, batch_size=_BATCH_SIZE.value, seed=_SEED.value,
                    progress=not _IMAGE.value, max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value,

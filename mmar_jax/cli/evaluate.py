@@ -22,11 +22,12 @@ _TOKENIZER = flags.DEFINE_string("tokenizer", None, "Text tokenizer (a tokenizer
                                  "instead of the checkpoint's (its workdir's copy, else the stored path).")
 _VAE = flags.DEFINE_string("vae", None, "VAE weights (kl16 tokenizer) instead of the path the checkpoint stores.")
 
+_WEIGHTS = flags.DEFINE_enum("weights", None, list(checkpoint.WEIGHTS), checkpoint.WEIGHTS_HELP)
 
 def main(argv):
   del argv
   params, config, step = checkpoint.load_params(_WORKDIR.value, _STEP.value, tokenizer=_TOKENIZER.value,
-                                                vae=_VAE.value)
+                                                vae=_VAE.value, weights=_WEIGHTS.value)
   exp = experiment.build(config)
   sets = evaluation.evaluation_sets(config, _SAMPLES.value)
   print(f"evaluating step {step} of {_WORKDIR.value} on {_SAMPLES.value} synthetic records of each set "

@@ -26,10 +26,12 @@ _IMAGE_TOKENS = flags.DEFINE_bool("with-image-tokens", False, "Keep the <boi>/<e
 _MAX_SHARD = flags.DEFINE_integer("max-shard-bytes", 5 * 2**30, "Shard the safetensors above this size.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.")
 
+_WEIGHTS = flags.DEFINE_enum("weights", None, list(checkpoint.WEIGHTS), checkpoint.WEIGHTS_HELP)
 
 def main(argv):
   del argv
-  params, config, step = checkpoint.load_params(_CKPT.value, _STEP.value, need_vae=False)
+  params, config, step = checkpoint.load_params(_CKPT.value, _STEP.value, need_vae=False,
+                                                weights=_WEIGHTS.value)
   rows, tokenizer = hf_export.backbone_dir(params, config, _OUT.value, dtype=_DTYPE.value,
                                 with_image_tokens=_IMAGE_TOKENS.value, max_shard_bytes=_MAX_SHARD.value,
                                 overwrite=_OVERWRITE.value)

@@ -25,9 +25,10 @@ _VAE = flags.DEFINE_string("vae", None, "KL-16 models: the VAE's weights here (d
                            "config.tokenizer.vae_checkpoint).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.")
 
+_WEIGHTS = flags.DEFINE_enum("weights", None, list(checkpoint.WEIGHTS), checkpoint.WEIGHTS_HELP)
 
 def main(argv):
   del argv
-  params, config, step = checkpoint.load_params(_CKPT.value, _STEP.value, vae=_VAE.value)
+  params, config, step = checkpoint.load_params(_CKPT.value, _STEP.value, vae=_VAE.value, weights=_WEIGHTS.value)
   hf_export.torch_dir(params, config, _OUT.value, dtype=_DTYPE.value, overwrite=_OVERWRITE.value)
   print(f"exported {_CKPT.value} (step {step}) -> {_OUT.value} ({_DTYPE.value})")

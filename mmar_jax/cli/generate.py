@@ -22,6 +22,7 @@ import tqdm
 from absl import flags
 from PIL import Image
 
+from mmar_jax import checkpoint
 from mmar_jax.cli import checkpoint_arg
 from mmar_jax.data import text_tokenizer
 from mmar_jax.infer import generate_image, image_io
@@ -50,12 +51,14 @@ _BATCH_SIZE = flags.DEFINE_integer("batch-size", 16, "Images a generate call (gu
 GRID_COLUMNS = 4  # When one caption does not make a row.
 MAX_ROW = 8  # Widest grid row: one caption's images, if no more.
 
+_WEIGHTS = flags.DEFINE_enum("weights", None, list(checkpoint.WEIGHTS), checkpoint.WEIGHTS_HELP)
 
 def main(argv):
   del argv
   check_flags()
   prompts = read_prompts(_PROMPT.value, _PROMPTS_FILE.value)
-  trained = checkpoint_arg.load(_CKPT.value, _STEP.value, tokenizer=_TOKENIZER.value, vae=_VAE.value)
+  trained = checkpoint_arg.load(_CKPT.value, _STEP.value, tokenizer=_TOKENIZER.value, vae=_VAE.value,
+                              weights=_WEIGHTS.value)
   exp = trained.exp
   overrides = dict(cfg_scale=_CFG.value, temperature=_TEMPERATURE.value, num_steps=_STEPS.value,
                    num_sampling_steps=_SAMPLING_STEPS.value)

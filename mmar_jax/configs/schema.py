@@ -137,6 +137,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.adam_eps = 1e-8
   config.train.weight_decay = 0.02  # Decoupled (AdamW); not on norm scales, biases or 1-d parameters.
   config.train.grad_clip_norm = 1.0  # Clip by global norm; 0 = off.
+  # EMA of the trainable params after every update (train/ema.py; MAR's 0.9999); 0 = none.
+  # evaluate, generate, describe and the exports read it by default (--weights raw: the params).
+  config.train.ema_decay = 0.9999
   config.train.grad_accum_steps = 1  # Micro-batches per step (lax.scan); data.batch_size is the global total.
   # A non-finite loss or gradient skips the update (optax.apply_if_finite); this many in a row
   # stops the run with the last good checkpoint kept.

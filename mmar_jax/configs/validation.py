@@ -169,7 +169,7 @@ def _validate_train(t: ml_collections.ConfigDict) -> None:
     fail("train.learning_rate", t.learning_rate, "must be positive")
   if not 0 <= t.end_lr_fraction <= 1:
     fail("train.end_lr_fraction", t.end_lr_fraction, "must be in [0, 1]")
-  for field in ("adam_b1", "adam_b2"):
+  for field in ("adam_b1", "adam_b2", "ema_decay"):
     if not 0 <= t[field] < 1:
       fail(f"train.{field}", t[field], "must be in [0, 1)")
 

@@ -1,5 +1,5 @@
 """Training checkpoints: one Orbax `CheckpointManager` whose steps have the layout of
-mmar_jax/checkpoint.py (params, train_state, data, config, run), saved asynchronously, the last K kept.
+mmar_jax/checkpoint.py (params, ema, train_state, data, config, run), saved asynchronously, the last K kept.
 
 Resuming (`resume`) restores into an abstract target with this run's shardings, so any mesh and
 any number of devices or processes can continue a run, and walks back from the newest step:
@@ -14,7 +14,9 @@ any number of devices or processes can continue a run, and walks back from the n
   - the grain iterator's state is per process (process_<i>-of-<n>.json): at another process count
     it cannot be mapped, so every host's stream is rebuilt to start at record
     step * global_batch / processes of its slice of the shuffled order (`data_start`, kept in the
-    run item so later resumes at that count rebuild the same stream), and the change is reported.
+    run item so later resumes at that count rebuild the same stream), and the change is reported;
+  - a step without the EMA item (written before EMA, or with config.train.ema_decay 0) resumes a
+    run that keeps one with the EMA starting from the restored params, and says so.
 """
 
 from __future__ import annotations
@@ -28,13 +30,15 @@ from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
 from mmar_jax import checkpoint
-from mmar_jax.checkpoint import CONFIG, DATA, PARAMS, RUN, TRAIN_STATE
+from mmar_jax.checkpoint import CONFIG, DATA, EMA, PARAMS, RUN, TRAIN_STATE
+from mmar_jax.train import ema as ema_lib
 from mmar_jax.train.state import TrainState
 
 CORRUPT = "corrupt"  # checkpoints/corrupt/<step>-<time>: unreadable steps, moved aside.
@@ -90,12 +94,14 @@ def save(mngr: ocp.CheckpointManager, state: TrainState, data_iterator: grain.Da
   step = int(state.step)
   if step in mngr.all_steps():
     return False
-  return mngr.save(step, force=force, args=ocp.args.Composite(**{
-      PARAMS: ocp.args.StandardSave(state.params),
-      TRAIN_STATE: ocp.args.StandardSave(dict(step=state.step, opt_state=state.opt_state, rng=state.rng)),
-      DATA: grain.checkpoint.CheckpointSave(data_iterator),
-      CONFIG: ocp.args.JsonSave(snapshot(config)),
-      RUN: ocp.args.JsonSave(run)}))
+  items = {PARAMS: ocp.args.StandardSave(state.params),
+           TRAIN_STATE: ocp.args.StandardSave(dict(step=state.step, opt_state=state.opt_state, rng=state.rng)),
+           DATA: grain.checkpoint.CheckpointSave(data_iterator),
+           CONFIG: ocp.args.JsonSave(snapshot(config)),
+           RUN: ocp.args.JsonSave(run)}
+  if state.ema is not None:
+    items[EMA] = ocp.args.StandardSave(state.ema)
+  return mngr.save(step, force=force, args=ocp.args.Composite(**items))
 
 
 def snapshot(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -169,6 +175,9 @@ def _restore_step(mngr, step: int, target: TrainState, make_iterator, *, mesh, g
            TRAIN_STATE: ocp.args.StandardRestore(dict(step=target.step, opt_state=target.opt_state,
                                                       rng=target.rng))}
   lines = []
+  with_ema = target.ema is not None and checkpoint.has_ema(epath.Path(mngr.directory) / str(step))
+  if with_ema:
+    items[EMA] = ocp.args.StandardRestore(target.ema)
   if same_processes:
     data_start = int(saved["data_start"])
     data_iterator = make_iterator(data_start)
@@ -179,7 +188,16 @@ def _restore_step(mngr, step: int, target: TrainState, make_iterator, *, mesh, g
     data_iterator = make_iterator(data_start)
   restored = mngr.restore(step, args=ocp.args.Composite(**items))
   ts = restored[TRAIN_STATE]
-  state = TrainState(step=ts["step"], params=restored[PARAMS], opt_state=ts["opt_state"], rng=ts["rng"])
+  if with_ema:
+    ema = restored[EMA]
+  elif target.ema is not None:
+    # A copy on the params' own shards (jnp.copy: the donated step must not see one buffer twice).
+    ema = jax.tree.map(jnp.copy, ema_lib.like(restored[PARAMS], target.ema))
+    lines.append(f"checkpoint step {step} holds no EMA of the params: the EMA (config.train.ema_decay) starts "
+                 "from its params")
+  else:
+    ema = None
+  state = TrainState(step=ts["step"], params=restored[PARAMS], opt_state=ts["opt_state"], rng=ts["rng"], ema=ema)
   changed = [f"{name} {_show(saved[key])} (now {_show(now[key])})" for name, key in
              (("processes", "process_count"), ("devices", "device_count"), ("mesh", "mesh")) if saved[key] != now[key]]
   if changed:

@@ -25,8 +25,10 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from mmar_jax import checkpoint
 from mmar_jax.data import pipeline, sequences
+from mmar_jax.models import lora
 from mmar_jax.models.mmar import MMARConfig, head_slots
 from mmar_jax.train import assets, checkpointing, experiment, flops, metrics, optimizer, sharding
+from mmar_jax.train import ema as ema_lib
 from mmar_jax.train import state as state_lib
 from mmar_jax.train import step as step_lib
 from mmar_jax.train import mesh as mesh_lib
@@ -101,6 +103,17 @@ def build_optimizer(exp: experiment.Experiment, config: ml_collections.ConfigDic
   return optimizer.make_optimizer(config.train, params, lora_rank=rank, train_rows=(ids.boi, ids.eoi, ids.mask))
 
 
+def ema_keep(exp: experiment.Experiment, config: ml_collections.ConfigDict) -> state_lib.EmaKeep:
+  """The params paths the EMA averages: those the optimizer moves (all without LoRA); None without EMA."""
+  if not config.train.ema_decay:
+    return None
+  rank = config.model.lora.rank
+  if not rank:
+    return lambda _: True
+  params = jax.eval_shape(lambda key: nn.meta.unbox(exp.init_params(key)), jax.random.key(0))
+  return ema_lib.trainable_paths(lora.trainable_mask(params, rank)).__contains__
+
+
 def training_flops_per_row(config: ml_collections.ConfigDict) -> float:
   """Model FLOPs of one training row (forward + backward) by the convention in train/flops.py:
   the backbone over seq_len tokens, the adapter over every image slot of the row (static shapes:
@@ -126,6 +139,7 @@ class Run:
   data_iterator: Any
   mngr: Any
   unfinished: list[int]  # Steps whose save never finished, seen before the manager cleaned them up.
+  ema_keep: state_lib.EmaKeep = None  # The params paths the EMA holds; None: no EMA.
   data_start: int = 0  # Record of each host's slice the data stream starts at (checkpointing.py).
 
   def make_iterator(self, start: int = 0):
@@ -134,12 +148,13 @@ class Run:
 
   def fresh_state(self) -> state_lib.TrainState:
     return state_lib.create(self.exp.init_params, self.tx, self.config.seed, self.mesh,
-                            self.config.mesh.logical_axis_rules)[0]
+                            self.config.mesh.logical_axis_rules, self.ema_keep)[0]
 
   def restore(self, start_over: bool = False) -> state_lib.TrainState | None:
     """The newest readable checkpoint, on this run's mesh, with the data iterator moved to it
     (`self.data_iterator` replaced); None when there is none. Prints what it did (process 0)."""
-    target = state_lib.abstract(self.exp.init_params, self.tx, self.config.seed, self.state_shardings)
+    target = state_lib.abstract(self.exp.init_params, self.tx, self.config.seed, self.state_shardings,
+                                self.ema_keep)
     resumed = checkpointing.resume(self.mngr, target, self.make_iterator, mesh=self.mesh,
                                    global_batch=self.config.data.batch_size, unfinished=self.unfinished,
                                    start_over=start_over)
@@ -161,14 +176,15 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   mesh = mesh_lib.make_mesh(config)
   exp = experiment.build(config)
   tx = build_optimizer(exp, config)
-  state_shardings = state_lib.shardings(exp.init_params, tx, mesh, config.mesh.logical_axis_rules)
+  keep = ema_keep(exp, config)
+  state_shardings = state_lib.shardings(exp.init_params, tx, mesh, config.mesh.logical_axis_rules, keep)
   directory = checkpoint.path_of(workdir) / checkpoint.CHECKPOINTS
   unfinished = checkpointing.unfinished_saves(directory)
   mngr = checkpointing.manager(directory, config.train)
   if jax.process_index() == 0:
     assets.copy_tokenizer(config, workdir)
   run = Run(config=config, mesh=mesh, exp=exp, tx=tx, state_shardings=state_shardings, data_iterator=None,
-            mngr=mngr, unfinished=unfinished)
+            mngr=mngr, unfinished=unfinished, ema_keep=keep)
   try:
     run.data_iterator = run.make_iterator()
   except BaseException:
@@ -177,6 +193,11 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     mngr.close()
     raise
   return run
+
+
+def eval_params(state: state_lib.TrainState) -> Any:
+  """What the in-training evaluation samples with: the EMA weights where the run keeps them, as `evaluate` does."""
+  return state.params if state.ema is None else ema_lib.merge(state.params, state.ema)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = True, start_over: bool = False,
@@ -223,15 +244,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Tru
           run.save(state)
         if t.eval_every and step % t.eval_every == 0:
           if validate is not None:
-            validate(state.params, step)
+            validate(eval_params(state), step)
           if eval_fn is not None:
-            eval_fn(exp, state.params, step)
+            eval_fn(exp, eval_params(state), step)
         stop = preemption.stop_reason(bool(t.time_limit_s) and time.monotonic() - start_time > t.time_limit_s)
         if stop is not None:
           reason = stop
           break
       if reason == "done" and validate is not None and t.eval_every and step % t.eval_every:
-        validate(state.params, step)
+        validate(eval_params(state), step)
       if pending is not None:
         window.add(*pending, mngr, final=True)
       progress.set_postfix(window.postfix(), refresh=True)
@@ -241,7 +262,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Tru
     progress.close()
     writer.close()
   if reason == "done" and eval_fn is not None and t.eval_every and step % t.eval_every:
-    eval_fn(exp, state.params, step)
+    eval_fn(exp, eval_params(state), step)
   return RunResult(start_step=start_step, step=step, reason=reason, last_metrics=window.last)
 
 

@@ -1,8 +1,9 @@
-"""The train state (step, params, optimizer state, RNG) and its sharded creation.
+"""The train state (step, params, optimizer state, RNG, the params' EMA) and its sharded creation.
 
 The state is a plain pytree, so the jitted step, Orbax and `jax.tree` all handle it as one
 value. Every leaf is created on its own shards: the parameters' shardings come from their
-logical axes, the optimizer state's from the parameters' (`optax.tree_map_params`), and one
+logical axes, the optimizer state's from the parameters' (`optax.tree_map_params`), the EMA's
+are the parameters' own (train/ema.py: a pruned copy of the trainable leaves), and one
 `jax.jit(init, out_shardings=...)` materialises the whole state where it lives.
 """
 
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from mmar_jax.train import ema as ema_lib
 from mmar_jax.train import sharding
 
 
@@ -31,25 +33,33 @@ class TrainState:
   # Raw uint32 key data (Orbax stores plain arrays); each step folds the step number into it,
   # so a resumed run draws exactly the randomness the uninterrupted one would have.
   rng: jax.Array
+  # The trainable params' exponential moving average (train/ema.py); None when config.train.ema_decay is 0.
+  ema: Any = None
 
   def step_key(self) -> jax.Array:
     return jax.random.fold_in(jax.random.wrap_key_data(self.rng), self.step)
 
 
-def _init_fn(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation):
+# Which params paths the EMA averages (train/ema.py); None: no EMA.
+EmaKeep = Callable[[tuple[str, ...]], bool] | None
+
+
+def _init_fn(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation, ema_keep: EmaKeep):
   def init(seed):
     key = jax.random.key(seed)
     params = nn.meta.unbox(init_params(jax.random.fold_in(key, 0)))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      rng=jax.random.key_data(jax.random.fold_in(key, 1)))
+                      rng=jax.random.key_data(jax.random.fold_in(key, 1)),
+                      ema=None if ema_keep is None else ema_lib.prune(params, ema_keep))
   return init
 
 
-def shardings(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation, mesh: Mesh, rules
-              ) -> TrainState:
+def shardings(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation, mesh: Mesh, rules,
+              ema_keep: EmaKeep = None) -> TrainState:
   """The state's NamedShardings, from the params' logical axes, without materialising anything.
 
-  `init_params(key)` returns the model's boxed (logically partitioned) params.
+  `init_params(key)` returns the model's boxed (logically partitioned) params; `ema_keep` picks
+  the params paths the EMA holds (None: no EMA).
   """
   replicated = NamedSharding(mesh, PartitionSpec())
   with sharding.activate(mesh, rules):
@@ -62,22 +72,24 @@ def shardings(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransfo
     masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
     opt_shardings = optax.tree_map_params(tx, lambda x, s: x if masked(x) else s, abstract_opt, param_shardings,
                                           transform_non_params=lambda _: replicated, is_leaf=masked)
-  return TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated)
+  ema_shardings = None if ema_keep is None else ema_lib.prune(param_shardings, ema_keep)
+  return TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated,
+                    ema=ema_shardings)
 
 
 def abstract(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation, seed: int,
-             state_shardings: TrainState) -> TrainState:
+             state_shardings: TrainState, ema_keep: EmaKeep = None) -> TrainState:
   """ShapeDtypeStructs with shardings: the restore target for a checkpoint onto any mesh."""
-  shapes = jax.eval_shape(_init_fn(init_params, tx), seed)
+  shapes = jax.eval_shape(_init_fn(init_params, tx, ema_keep), seed)
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, state_shardings)
 
 
 def create(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation, seed: int, mesh: Mesh,
-           rules) -> tuple[TrainState, TrainState]:
-  """A fresh state, every leaf born on its own shards, and the state's shardings."""
-  state_shardings = shardings(init_params, tx, mesh, rules)
+           rules, ema_keep: EmaKeep = None) -> tuple[TrainState, TrainState]:
+  """A fresh state, every leaf born on its own shards, and the state's shardings (the EMA starts at the params)."""
+  state_shardings = shardings(init_params, tx, mesh, rules, ema_keep)
   with sharding.activate(mesh, rules):
-    state = jax.jit(_init_fn(init_params, tx), out_shardings=state_shardings)(seed)
+    state = jax.jit(_init_fn(init_params, tx, ema_keep), out_shardings=state_shardings)(seed)
   return state, state_shardings
 
 

@@ -20,6 +20,7 @@ from mmar_jax.batch import Batch
 from mmar_jax.models import lora
 from mmar_jax.models.mmar import MMAR, MaskRatioConfig, draw_generation_mask
 from mmar_jax.models.tokenizers import ImageTokenizer
+from mmar_jax.train import ema as ema_lib
 from mmar_jax.train import optimizer
 from mmar_jax.train.state import TrainState
 
@@ -30,11 +31,12 @@ class StepConfig:
   mask_ratio: MaskRatioConfig
   grad_accum_steps: int
   sample_posterior: bool
+  ema_decay: float = 0.0  # The state's EMA (train/ema.py) moves only when the state holds one.
 
   @classmethod
   def from_config(cls, config) -> StepConfig:
     return cls(mask_ratio=MaskRatioConfig.from_config(config), grad_accum_steps=config.train.grad_accum_steps,
-               sample_posterior=config.tokenizer.sample_posterior)
+               sample_posterior=config.tokenizer.sample_posterior, ema_decay=config.train.ema_decay)
 
 
 def image_tokens(tokenizer: ImageTokenizer, tokenizer_params: Any, batch: Batch, rng: PRNGKeyArray | None
@@ -124,10 +126,13 @@ def make_train_step(model: MMAR, tokenizer: ImageTokenizer, tx: optax.GradientTr
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     consecutive, total = optimizer.skip_counts(opt_state)
+    ema = state.ema
+    if ema is not None:  # A skipped update leaves the EMA as it was, like the params.
+      ema = ema_lib.update(ema, params, cfg.ema_decay, keep=consecutive == 0)
     metrics = dict(parts, grad_norm=optax.tree.norm(grads), learning_rate=learning_rate(state.step),
                    skipped=(consecutive > 0).astype(jnp.int32),
                    consecutive_skips=consecutive, total_skips=total,
                    tokens=jnp.sum(batch.segment_ids > 0), images=jnp.sum(batch.image_valid))
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng), metrics
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng, ema=ema), metrics
 
   return train_step
