@@ -31,7 +31,7 @@ class StepConfig:
   mask_ratio: MaskRatioConfig
   grad_accum_steps: int
   sample_posterior: bool
-  ema_decay: float = 0.0  # The state's EMA (train/ema.py) moves only when the state holds one.
+  ema_decay: float  # The state's EMA (train/ema.py) moves only when the state holds one.
 
   @classmethod
   def from_config(cls, config) -> StepConfig:

@@ -111,9 +111,11 @@ def test_two_local_processes_train_as_one_then_resume_in_one_and_back_in_two(tmp
   for step, loss in losses.items():
     assert abs(scalars["loss"][step] - loss) <= 1e-5, (step, scalars["loss"][step], loss)
   # The two-process checkpoint opens in this one process, onto its first device.
-  saved, _, step = checkpoint.load_params(workdir)
+  saved, _, step = checkpoint.load_params(workdir, weights="raw")
   assert step == STEPS and all(x.devices() == {jax.devices()[0]} for x in jax.tree.leaves(saved))
   tiny.assert_trees_equal(jax.device_get(saved), jax.device_get(state.params), atol=1e-5)
+  ema, _, _ = checkpoint.load_params(workdir)  # The EMA, which evaluate and export read, too.
+  tiny.assert_trees_equal(jax.device_get(ema), jax.device_get(state.ema), atol=1e-5)
 
   # One process with 8 devices resumes it at the next step, not 0.
   out = tiny.run(workdir, *EXTRA, f"train.num_steps={STEPS + 2}")
@@ -125,7 +127,7 @@ def test_two_local_processes_train_as_one_then_resume_in_one_and_back_in_two(tmp
   assert f"finished at step {STEPS + 2}" in out
   assert tiny.saved_run(workdir, STEPS + 2) == {"process_count": 1, "device_count": 8, "global_batch": 8,
                                                 "data_start": 32, "mesh": {"data": 8, "fsdp": 1, "tensor": 1}}
-  resumed, _, _ = checkpoint.load_params(os.path.join(workdir, "checkpoints", str(STEPS + 2)))
+  resumed, _, _ = checkpoint.load_params(os.path.join(workdir, "checkpoints", str(STEPS + 2)), weights="raw")
   assert not np.array_equal(jax.tree.leaves(resumed)[0], jax.tree.leaves(saved)[0])  # It trained on.
 
   # Two processes resume that (the other way round) and run until a scheduler's SIGTERM reaches
