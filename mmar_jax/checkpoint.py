@@ -23,6 +23,7 @@ Every path goes through etils' epath (what Orbax itself uses), so `gs://` works 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Any
 
@@ -33,6 +34,10 @@ from etils import epath
 
 from mmar_jax import configs
 from mmar_jax.train import ema as ema_lib
+
+# Orbax warns "Given directory is read only" for every read-only manager: reading is all evaluate,
+# generate, describe and export do, so the warning says nothing to their users.
+logging.getLogger("absl").addFilter(lambda record: not record.getMessage().startswith("Given directory is read only"))
 
 PARAMS, EMA, CONFIG, TRAIN_STATE, DATA, RUN = "params", "ema", "config", "train_state", "data", "run"
 TRAINING_ITEMS = (PARAMS, EMA, TRAIN_STATE, DATA, CONFIG, RUN)

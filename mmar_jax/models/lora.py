@@ -3,8 +3,8 @@
 The paper calls its stages "Image Expert Pretraining/Fine-tuning" and reviewers report LoRA on
 the LLM; we read this as the LLM's base weights frozen while the image path trains: LoRA on the
 LLM, the adapter, the head and the new token rows (shared/MMAR.md) [ours, inferred]. A projection
-y = x W becomes y = x W + (alpha / rank) * (x A) B with A [in, r] and B [r, out] (each side flattened) (Hu et al.,
-"LoRA", 2021). B starts at zero, so a fresh LoRA model computes exactly the base model.
+y = x W becomes y = x W + (alpha / rank) * (x A) B with A [in, r] and B [r, out], each side of a
+multi-axis kernel flattened (Hu et al., "LoRA", 2021). B starts at zero, so a fresh LoRA model computes exactly the base model.
 
     tx = lora.partition_optimizer(optax.adamw(1e-4), params, rank, train_rows=special_ids)
     ...
