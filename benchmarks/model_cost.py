@@ -4,7 +4,8 @@
 
 Parameter counts come from `jax.eval_shape(MMAR.init)` (abstract shapes: mmar_7b needs no memory).
 FLOPs per training sample use mmar_jax/train/flops.py (PaLM's convention: 2 x matmul parameters
-per token, full l x l attention, training = 3 x forward). A sample is one row of
+per token, full l x l attention; training = 3 x forward less the weight gradients of frozen
+kernels, `FlopsPerToken.training`, the count benchmarks/flops.py checks against XLA's). A sample is one row of
 `config.data.seq_len` tokens holding one image of N tokens (the unpacked layout of the real
 presets); the adapter runs on the image's N tokens, the head on all N tokens x
 `diffusion_batch_mul` (as MAR's, masked or not), the backbone on the whole row. The frozen image
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import sys
 
 import flax.linen as nn
 import jax
@@ -26,6 +29,9 @@ from mmar_jax.models.backbone import count_params
 from mmar_jax.models.diffusion_head import DiffusionHead
 from mmar_jax.models.mmar import MMAR, MMARConfig
 from mmar_jax.train import flops
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # For benchmarks.report.
+from benchmarks import report  # noqa: E402
 
 # MAR's released models (github.com/LTH14/mar README and models/mar.py): total parameters,
 # DiffLoss head depth/width, decoder width (the head's z) [MAR].
@@ -44,12 +50,6 @@ def mar_head_params(depth: int, width: int, z_dim: int, channels: int = MAR_TOKE
   return time + cond_and_input + depth * block + final
 
 
-def lora_rank(config) -> int | None:
-  """config.model.lora.rank where this branch has it, else None (LoRA lands in another issue)."""
-  lora = config.model.get("lora")
-  return None if lora is None else lora.rank
-
-
 def split_params(params) -> dict[str, int]:
   """Counts by part: LoRA leaves (any path naming 'lora') apart from the backbone they sit in."""
   counts = {"adapter": 0, "backbone": 0, "embeddings": 0, "lora": 0, "head": 0}
@@ -59,6 +59,8 @@ def split_params(params) -> dict[str, int]:
       part = "lora"
     elif names[0] == "backbone":
       part = "embeddings" if names[1] in ("embed_tokens", "lm_head") else "backbone"
+    elif names[0] == "image_position_embedding":  # MMAR's own table (config.model.image_position_embedding).
+      part = "embeddings"
     else:
       part = names[0]
     counts[part] += leaf.size
@@ -80,6 +82,7 @@ def abstract_params(config, num_tokens: int):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--presets", default="demo,mmar_0p5b,mmar_7b")
+  report.add_json_flag(parser)
   args = parser.parse_args()
 
   print("Parameters by part (millions)")
@@ -91,15 +94,11 @@ def main():
     n = configs.num_image_tokens(config)
     cfg, params = abstract_params(config, n)
     counts = split_params(params)
-    rank = lora_rank(config)
-    lora = f"{counts['lora'] / 1e6:>7.2f}" if rank is not None else f"{'n/a':>7}"
     print(f"{name:<10} {counts['adapter'] / 1e6:>9.2f} {counts['backbone'] / 1e6:>10.2f} "
-          f"{counts['embeddings'] / 1e6:>11.2f} {lora} {counts['head'] / 1e6:>8.2f} "
+          f"{counts['embeddings'] / 1e6:>11.2f} {counts['lora'] / 1e6:>7.2f} {counts['head'] / 1e6:>8.2f} "
           f"{sum(counts.values()) / 1e6:>10.2f}  depth {cfg.head.depth} x width {cfg.head.width}, "
           f"z {config.model.hidden_size}")
     rows.append((name, config, cfg, n, counts))
-  if any(lora_rank(config) is None for _, config, *_ in rows):
-    print("  LoRA n/a: config.model.lora does not exist in this branch yet (another issue adds it).")
 
   print("\nMAR's heads for comparison [MAR]: head parameters (millions) with MAR's z width and learned variance")
   for model, (total, depth, width, z_dim) in MAR_MODELS.items():
@@ -107,19 +106,25 @@ def main():
     print(f"  {model}: head depth {depth} x width {width}, z {z_dim}: {head / 1e6:.2f} M of {total / 1e6:.0f} M total "
           f"({head / total:.1%})")
 
-  print("\nTraining GFLOPs per sample (one row of seq_len tokens with one image of N tokens; 3 x forward)")
+  print("\nTraining GFLOPs per sample (one row of seq_len tokens with one image of N tokens; 3 x forward less "
+        "frozen kernels' weight gradients)")
   print(f"{'preset':<10} {'seq_len':>7} {'N':>4} {'adapter':>10} {'backbone':>11} {'attention':>10} {'LM head':>9} "
         f"{'head':>9} {'total':>10} {'head share':>11}")
+  figures = []
   for name, config, cfg, n, counts in rows:
     length = config.data.seq_len
     per_token = flops.backbone_flops_per_token(cfg.backbone, length)
     lm_head = 2 * flops.lm_head_params(cfg.backbone) * length
-    backbone = per_token.matmul * length - lm_head
-    attention = per_token.attention * length
-    adapter = flops.adapter_flops_per_token(cfg.adapter, n).forward * n
-    head = flops.head_flops_per_token(cfg.head, config.model.hidden_size, cfg.diffusion_batch_mul).forward * n
-    parts = [3 * x / 1e9 for x in (adapter, backbone, attention, lm_head, head)]
+    # The LM head trains (its rows are the special tokens' too); only the layers' kernels freeze.
+    backbone = (3 * per_token.matmul - per_token.frozen_matmul) * length - 3 * lm_head
+    attention = 3 * per_token.attention * length
+    adapter = flops.adapter_flops_per_token(cfg.adapter, n).training * n
+    head = flops.head_flops_per_token(cfg.head, config.model.hidden_size, cfg.diffusion_batch_mul).training * n
+    parts = [x / 1e9 for x in (adapter, backbone, attention, 3 * lm_head, head)]
     total = sum(parts)
+    figures.append({"preset": name, "params": counts, "seq_len": length, "image_tokens": n,
+                    "training_gflops_per_sample": dict(zip(("adapter", "backbone", "attention", "lm_head", "head"),
+                                                           parts)) | {"total": total}})
     print(f"{name:<10} {length:>7} {n:>4} " + " ".join(f"{x:>{w}.3f}" for x, w in zip(parts, (10, 11, 10, 9, 9)))
           + f" {total:>10.3f} {parts[-1] / total:>11.1%}")
     # Self-check: our head is MAR's SimpleMLPAdaLN with one output per channel.
@@ -129,6 +134,7 @@ def main():
     expected = mar_head_params(cfg.head.depth, cfg.head.width, config.model.hidden_size, cfg.head.token_channels,
                                out_mul=1, frequency_dim=cfg.head.frequency_dim)
     assert ours == counts["head"] == expected, (ours, counts["head"], expected)
+  report.emit(args, "model_cost", {"presets": figures})
 
 
 if __name__ == "__main__":
