@@ -1,7 +1,7 @@
 """Training throughput of the real jitted train step: tokens/s, images/s, step time and MFU.
 
     python benchmarks/train_throughput.py --config configs/demo.py [--steps 20] [--warmup 3] \
-        [--peak_flops 0] [--override mesh.fsdp=-1 --override data.batch_size=32 ...]
+        [--peak_flops 0] [--json] [--override mesh.fsdp=-1 --override data.batch_size=32 ...]
 
 The run is built as `mmar-jax train` builds it (mmar_jax.train.loop.setup: mesh, model,
 optimizer, state shardings, the grain pipeline), with a fresh state and the loop's jit (state
@@ -27,6 +27,7 @@ import time  # noqa: E402
 import jax  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
+from benchmarks import report  # noqa: E402
 from mmar_jax import configs  # noqa: E402
 from mmar_jax.data import pipeline  # noqa: E402
 from mmar_jax.train import loop, metrics, optimizer, sharding  # noqa: E402
@@ -40,6 +41,7 @@ def main():
   parser.add_argument("--steps", type=int, default=20, help="timed steps")
   parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (the first compiles)")
   parser.add_argument("--peak_flops", type=float, default=0.0, help="per-device peak FLOP/s; 0 = data sheet")
+  report.add_json_flag(parser)
   args = parser.parse_args()
   config = configs.load_config(args.config, args.override, num_devices=jax.device_count())
   with tempfile.TemporaryDirectory() as workdir:
@@ -85,6 +87,12 @@ def main():
   print(f"model TFLOP/s per device: {rates['model_tflops_per_s_per_device']:.4f}; MFU: "
         + (f"{rates['mfu']:.2%} of {peak / 1e12:.1f} TFLOP/s" if "mfu" in rates else "n/a (no peak for this device; "
            "give --peak_flops)"))
+  report.emit(args, "train_throughput", {
+      "config": config.name, "devices": n, "device_kind": jax.devices()[0].device_kind, "mesh": dict(mesh.shape),
+      "batch_size": config.data.batch_size, "seq_len": config.data.seq_len, "warmup_s": warmup_s,
+      "step_time_median_s": statistics.median(times), "step_time_mean_s": seconds / args.steps,
+      "tokens_per_s": rows * config.data.seq_len / seconds, "non_pad_tokens_per_s": tokens / seconds,
+      "images_per_s": images / seconds} | rates)
 
 
 if __name__ == "__main__":
