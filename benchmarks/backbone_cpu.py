@@ -1,6 +1,6 @@
 """Our jitted backbone forward against transformers' Qwen2 forward, same ~20M-parameter model.
 
-    python benchmarks/backbone_cpu.py [--batch 4] [--seq_len 256] [--iters 10]
+    python benchmarks/backbone_cpu.py [--batch 4] [--seq_len 256] [--iters 10] [--json]
 
 Both run float32 on this machine's CPU with the same weights (ours imported from the HF model
 through convert/hf_qwen2.py) and the same token ids; it prints the median time of each and
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -21,9 +22,11 @@ import numpy as np
 import torch
 import transformers
 
-from mmar_jax import configs
-from mmar_jax.convert import hf_qwen2
-from mmar_jax.models.backbone import Backbone
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # For benchmarks.report.
+from benchmarks import report  # noqa: E402
+from mmar_jax import configs  # noqa: E402
+from mmar_jax.convert import hf_qwen2  # noqa: E402
+from mmar_jax.models.backbone import Backbone  # noqa: E402
 
 F32 = configs.with_values({"model.dtype": "float32"})  # Against torch in float32.
 
@@ -43,6 +46,7 @@ def main():
   parser.add_argument("--batch", type=int, default=4)
   parser.add_argument("--seq_len", type=int, default=256)
   parser.add_argument("--iters", type=int, default=10)
+  report.add_json_flag(parser)
   args = parser.parse_args()
   torch.manual_seed(0)
   hf_config = transformers.Qwen2Config(
@@ -73,6 +77,9 @@ def main():
   print(f"  transformers {transformers.__version__} (torch {torch.__version__}): {theirs * 1e3:8.1f} ms  "
         f"{tokens / theirs:10,.0f} tokens/s")
   print(f"  speed ratio (torch time / jax time): {theirs / ours:.2f}x; max |logit difference| {difference:.2e}")
+  report.emit(args, "backbone_cpu", {"batch": args.batch, "seq_len": args.seq_len, "jax_s": ours, "torch_s": theirs,
+                                     "jax_tokens_per_s": tokens / ours, "torch_tokens_per_s": tokens / theirs,
+                                     "torch_over_jax": theirs / ours, "max_logit_difference": difference})
 
 
 if __name__ == "__main__":
