@@ -4,22 +4,26 @@ Same architecture and the same random weights on both sides (MAR's KL-16: encode
 the 16x16 level, via diffusers' AttnDownEncoderBlock2D). Encode is pixels -> posterior moments,
 decode is latents -> pixels. Times exclude compilation (one warm-up call each).
 
-  PYTHONPATH=. python benchmarks/vae_throughput.py [--batch 1 --iters 2]
+  python benchmarks/vae_throughput.py [--batch 1 --iters 2] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import sys
 import time
 
 import jax
 import numpy as np
 import torch
 
-from mmar_jax import configs
-from mmar_jax.convert import vae_ckpt
-from mmar_jax.models import kl_vae, tokenizers
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # For benchmarks.report.
+from benchmarks import report  # noqa: E402
+from mmar_jax import configs  # noqa: E402
+from mmar_jax.convert import vae_ckpt  # noqa: E402
+from mmar_jax.models import kl_vae, tokenizers  # noqa: E402
 
 
 def _time(fn, iters):
@@ -62,6 +66,7 @@ def main():
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--iters", type=int, default=2)
   parser.add_argument("--size", type=int, default=256)
+  report.add_json_flag(parser)
   args = parser.parse_args()
   b, size = args.batch, args.size
   print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), torch threads {torch.get_num_threads()}, "
@@ -89,6 +94,10 @@ def main():
   print(f"{'':20s} {'encode img/s':>12s} {'decode img/s':>12s} {'enc vs torch':>12s} {'dec vs torch':>12s}")
   for name, (te, td) in rows.items():
     print(f"{name:20s} {b / te:12.3f} {b / td:12.3f} {ref_enc / te:11.2f}x {ref_dec / td:11.2f}x")
+  report.emit(args, "vae_throughput", {
+      "backend": jax.default_backend(), "batch": b, "size": size,
+      "rows": [{"name": name, "encode_images_per_s": b / te, "decode_images_per_s": b / td,
+                "encode_vs_torch": ref_enc / te, "decode_vs_torch": ref_dec / td} for name, (te, td) in rows.items()]})
 
 
 if __name__ == "__main__":
