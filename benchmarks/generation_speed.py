@@ -1,7 +1,7 @@
 """Inference speed: images/s of text-to-image generation, and text decoding with and without the KV cache.
 
     python benchmarks/generation_speed.py --config configs/demo.py [--batches 1,16,64] \
-        [--new_tokens 256] [--prompt_len 32] [--decode_batch 1] [--override diffusion.cfg_scale=1 ...]
+        [--new_tokens 256] [--prompt_len 32] [--decode_batch 1] [--json] [--override diffusion.cfg_scale=1 ...]
 
 Generation runs `infer.generate_image.generate` (the AR loop, the diffusion sampler and the
 guidance of the config's diffusion section) and the tokenizer's decode to pixels, timed after
@@ -33,6 +33,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jaxtyping import Array, Int  # noqa: E402
 
+from benchmarks import report  # noqa: E402
 from mmar_jax import configs  # noqa: E402
 from mmar_jax.infer import generate_image, generate_text  # noqa: E402
 from mmar_jax.models.backbone import Backbone, BackboneConfig  # noqa: E402
@@ -77,6 +78,7 @@ def main():
   parser.add_argument("--new_tokens", type=int, default=256, help="text tokens decoded")
   parser.add_argument("--prompt_len", type=int, default=32, help="text prompt length for decoding")
   parser.add_argument("--decode_batch", type=int, default=1)
+  report.add_json_flag(parser)
   args = parser.parse_args()
   config = configs.load_config(args.config, args.override)
   if args.prompt_len + args.new_tokens > config.model.max_seq_len:
@@ -95,6 +97,7 @@ def main():
   records = evaluation.evaluation_sets(config, max(batches))["seen"]
   caption_ids = [exp.text_tokenizer.encode(r["caption"], add_special_tokens=False).ids for r in records]
   decode = jax.jit(exp.image_tokenizer.decode)
+  generation = []
   for batch in batches:
     def generate(batch=batch):
       tokens = generate_image.generate(exp.model, params, caption_ids[:batch], exp.special_ids, jax.random.key(2),
@@ -102,6 +105,7 @@ def main():
       return decode(tokenizer_params, tokens)
     seconds, _ = timed(generate, args.repeats)
     print(f"generation batch {batch:>3}: {seconds:8.3f} s a batch, {batch / seconds:8.2f} images/s")
+    generation.append({"batch": batch, "seconds": seconds, "images_per_s": batch / seconds})
 
   backbone_cfg, backbone_params = exp.model.cfg.backbone, {"params": params["backbone"]}
   prompt = jax.random.randint(jax.random.key(3), (args.decode_batch, args.prompt_len), 0, config.model.vocab_size)
@@ -117,6 +121,11 @@ def main():
   print(f"  re-running all:     {tokens / full_s:10.1f} tokens/s")
   print(f"  speedup: {full_s / cached_s:.1f}x (against a re-run over only the tokens so far, about "
         f"{full_s * growing / cached_s:.1f}x)")
+  report.emit(args, "generation_speed", {
+      "config": config.name, "device_kind": jax.devices()[0].device_kind, "generation": generation,
+      "decode": {"batch": args.decode_batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+                 "same_tokens": bool(np.array_equal(cached, full)), "cached_tokens_per_s": tokens / cached_s,
+                 "recompute_tokens_per_s": tokens / full_s, "speedup": full_s / cached_s}})
 
 
 if __name__ == "__main__":
