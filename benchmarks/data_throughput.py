@@ -1,6 +1,6 @@
 """Samples/s of the demo input pipeline with 0, 1 and 2 worker processes, against a step proxy.
 
-    python benchmarks/data_throughput.py [--config configs/demo.py] [--batches 40] [--workers 0 1 2]
+    python benchmarks/data_throughput.py [--config configs/demo.py] [--batches 40] [--workers 0 1 2] [--json]
     python benchmarks/data_throughput.py --latents [--config configs/mmar_0p5b.py] [--mfu 1.0] [--json]
 
 A sample is one record (one task sequence, one image); with packing a row holds several. The
@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import tempfile
 import time
 
@@ -33,12 +34,14 @@ import numpy as np
 import optax
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from mmar_jax import configs
-from mmar_jax.data import latent_cache, pipeline, synthetic, text_tokenizer
-from mmar_jax.models import kl_vae
-from mmar_jax.models.backbone import Backbone, BackboneConfig
-from mmar_jax.train import loop
-from mmar_jax.train.metrics import PEAK_FLOPS
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # For benchmarks.report.
+from benchmarks import report  # noqa: E402
+from mmar_jax import configs  # noqa: E402
+from mmar_jax.data import latent_cache, pipeline, synthetic, text_tokenizer  # noqa: E402
+from mmar_jax.models import kl_vae  # noqa: E402
+from mmar_jax.models.backbone import Backbone, BackboneConfig  # noqa: E402
+from mmar_jax.train import loop  # noqa: E402
+from mmar_jax.train.metrics import PEAK_FLOPS  # noqa: E402
 
 
 def pipeline_rate(config, workers: int, batches: int) -> tuple[float, float]:
@@ -131,10 +134,9 @@ def latents_main(args) -> None:
             f"{records_per_s / needed:5.2f}x one H100's need")
     print(f"  one H100 step's need: {peak / 1e12:.0f} TFLOP/s x MFU {args.mfu:.2f} / {row_flops / 1e12:.3f} TFLOP a "
           f"row = {rows_needed:.1f} rows/s x {per_row:.2f} records a row = {needed:.1f} records/s")
-    if args.json:
-      print(json.dumps(dict(benchmark="data_throughput", source="latents", config=config.name,
-                            cpu_cores=os.cpu_count(), record_bytes=record_bytes, row_flops=row_flops,
-                            peak_flops=peak, mfu=args.mfu, needed_rows_per_s=rows_needed, results=results)))
+    report.emit(args, "data_throughput", dict(source="latents", config=config.name, cpu_cores=os.cpu_count(),
+                                              record_bytes=record_bytes, row_flops=row_flops, peak_flops=peak,
+                                              mfu=args.mfu, needed_rows_per_s=rows_needed, results=results))
 
 
 def main():
@@ -145,7 +147,7 @@ def main():
   parser.add_argument("--latents", action="store_true", help="the latent cache source against one H100 step")
   parser.add_argument("--records", type=int, default=1024, help="--latents: records in the random cache")
   parser.add_argument("--mfu", type=float, default=1.0, help="--latents: share of the H100's peak the step runs at")
-  parser.add_argument("--json", action="store_true", help="--latents: also print one JSON line of the results")
+  report.add_json_flag(parser)
   args = parser.parse_args()
   if args.latents:
     latents_main(args)
@@ -156,10 +158,14 @@ def main():
         f"{d.packing}; {os.cpu_count()} CPU cores, {args.batches} batches after 5 warm-up")
   step_samples, step_rows = step_proxy_rate(config, args.batches)
   print(f"  step proxy (backbone fwd+bwd, jit): {step_samples:8.1f} samples/s {step_rows:7.1f} rows/s")
+  results = []
   for workers in args.workers:
     samples, rows = pipeline_rate(config, workers, args.batches)
     print(f"  pipeline, {workers} workers:          {samples:8.1f} samples/s {rows:7.1f} rows/s   "
           f"{samples / step_samples:5.2f}x the step proxy")
+    results.append(dict(workers=workers, samples_per_s=samples, rows_per_s=rows, ratio=samples / step_samples))
+  report.emit(args, "data_throughput", dict(source=d.source, config=config.name, cpu_cores=os.cpu_count(),
+                                            step_proxy_samples_per_s=step_samples, results=results))
 
 
 if __name__ == "__main__":
