@@ -1,6 +1,6 @@
 """Per-device memory of a training step on simulated meshes, from compilation alone (nothing runs).
 
-    python benchmarks/memory.py [--presets mmar_0p5b,mmar_7b] [--devices 8,64,256] [--tensor 0p5b=2,7b=4]
+    python benchmarks/memory.py [--presets mmar_0p5b,mmar_7b] [--devices 8,64,256] [--tensor 0p5b=2,7b=4] [--json]
 
 For each preset and device count k, two layouts: pure FSDP (fsdp = k; data x fsdp where the
 width does not split k ways) and FSDP x tensor parallel (tensor = t, fsdp = k / t). The train
@@ -35,6 +35,7 @@ import time  # noqa: E402
 
 import jax  # noqa: E402
 
+from benchmarks import report  # noqa: E402
 from mmar_jax import configs  # noqa: E402
 from mmar_jax.data import pipeline, text_tokenizer  # noqa: E402
 from mmar_jax.models import tokenizers  # noqa: E402
@@ -127,12 +128,14 @@ def main():
   parser.add_argument("--tensor", default="mmar_0p5b=2,mmar_7b=4",
                       help="tensor-parallel degree per preset for the FSDP x TP layout (must divide the KV heads)")
   parser.add_argument("--override", action="append", default=[], help="config override, e.g. data.seq_len=2048")
+  report.add_json_flag(parser)
   args = parser.parse_args()
   tensor_of = dict(kv.split("=") for kv in args.tensor.split(","))
   print(f"{jax.device_count()} simulated {jax.default_backend()} devices; XLA:CPU's memory analysis, an "
         "estimate of a TPU/GPU's; one row per device of data x fsdp; GiB per device")
   print(f"{'preset':<10} {'devices':>7} {'mesh (data,fsdp,tensor)':>24} {'params':>8} {'x whole':>8} "
         f"{'opt state':>9} {'x whole':>8} {'temp':>8} {'x 1 dev':>8} {'peak':>8} {'compile s':>9}  fits")
+  figures = []
   for name in args.presets.split(","):
     config = configs.load_config(f"configs/{name}.py", ["data.num_workers=0", *args.override])
     config.unlock()
@@ -149,6 +152,9 @@ def main():
       print(f"{name:<10} {k:>7} {str(shape):>24} {r['params'] / GIB:>8.3f} {r['params'] / r['params_whole']:>8.3f} "
             f"{r['opt'] / GIB:>9.3f} {r['opt'] / r['opt_whole']:>8.3f} {r['temp'] / GIB:>8.3f} "
             f"{r['temp'] / base['temp']:>8.3f} {r['peak'] / GIB:>8.3f} {r['compile_s']:>9.1f}  {fits}", flush=True)
+      figures.append({"preset": name, "devices": k, "mesh": r["mesh"], "fits": fits, "compile_s": r["compile_s"]}
+                     | {f"{key}_bytes_per_device": r[key] for key in ("params", "opt", "temp", "peak")})
+  report.emit(args, "memory", {"rows": figures})
 
 
 if __name__ == "__main__":
