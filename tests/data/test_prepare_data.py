@@ -19,7 +19,7 @@ from PIL import Image
 from mmar_jax.convert import vae_ckpt
 from mmar_jax.data import latent_cache
 from mmar_jax.models import tokenizers
-from tests.data.test_latent_cache import SIZE, TINY
+from tests.data.test_latent_cache import IMAGE, SIZE, TINY
 from tests.views import view
 
 CONVERSATION = [{"from": "human", "value": "<image>\nWhat colour is it?"}, {"from": "gpt", "value": "red"},
@@ -100,7 +100,7 @@ def test_a_json_array_manifest_keeps_conversations_and_names_lines(vae, tmp_path
   entries = [{"image": "img/0.png", "conversations": CONVERSATION}, {"image": "img/absent.png", "caption": "x"}]
   (tmp_path / "llava.json").write_text("[\n" + ",\n".join(json.dumps(e, indent=1) for e in entries) + "\n]\n")
   summary = latent_cache.cache_latents(str(tmp_path / "llava.json"), str(tmp_path / "cache"), tok, params,
-                                       batch_size=2, progress=False)
+                                       image=IMAGE, batch_size=2, progress=False)
   assert (summary.written, summary.skipped, summary.stopped) == (1, {"image missing": 1}, False)
   [record] = latent_cache.read_shard(summary.paths[0])
   assert record["qa"] == [("What colour is it?", "red"), ("And the shape?", "a circle")]
@@ -132,7 +132,7 @@ def test_ctrl_c_leaves_no_partial_shard(vae, tmp_path):
     return False
 
   with pytest.raises(KeyboardInterrupt):
-    latent_cache.cache_latents(manifest, str(tmp_path / "cache"), tok, params, batch_size=2,
+    latent_cache.cache_latents(manifest, str(tmp_path / "cache"), tok, params, image=IMAGE, batch_size=2,
                                records_per_shard=2, progress=False, should_stop=interrupt)
   assert sorted(os.listdir(tmp_path / "cache")) == ["cache_info.json", "latents-00000-of-00002.array_record",
                                                     "latents-00000-of-00002.skipped.json"]
