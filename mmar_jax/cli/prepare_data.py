@@ -61,8 +61,9 @@ def main(argv):
   try:
     with jax.set_mesh(mesh), nn.logical_axis_rules(config.mesh.logical_axis_rules):
       summary = latent_cache.cache_latents(_MANIFEST.value, _OUT.value, tokenizer, params,
-                                           image=images.ImageConfig.from_config(config), batch_size=_BATCH.value, records_per_shard=_PER_SHARD.value,
-                                           sharding=batch, should_stop=terminated.is_set)
+                                           image=images.ImageConfig.from_config(config), batch_size=_BATCH.value,
+                                           records_per_shard=_PER_SHARD.value, sharding=batch,
+                                           should_stop=terminated.is_set)
   except KeyboardInterrupt:
     print("mmar-jax prepare-data: interrupted; the finished shards are kept, rerun the same command to resume",
           file=sys.stderr)

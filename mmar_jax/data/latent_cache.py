@@ -158,8 +158,9 @@ def cache_latents(manifest: str, out_dir: str, tokenizer: tokenizers.KLVAE, para
   """Writes the shards for `manifest` (skipping finished ones) and says what it did.
 
   Records go through the training pipeline's own decode (`decode.decode_record` with `image`, the
-  config's image settings), so a record the pipeline would skip is skipped here: named once as `skipped FILE:LINE: reason` and counted
-  by reason, never written. Manifest record i belongs to shard i // records_per_shard whether good
+  config's image settings), so a record the pipeline would skip is skipped here: named once as
+  `skipped FILE:LINE: reason` and counted by reason, never written; images smaller than the target
+  are counted as upscaled. Manifest record i belongs to shard i // records_per_shard whether good
   or bad, so shards are stable across reruns; each finished shard keeps its skipped records beside
   it (`*.skipped.json`), so a resumed run's counts cover the whole cache. `sharding` places each
   pixel batch (e.g. batch over the mesh's data axes); batches are padded to `batch_size` so one
@@ -258,5 +259,5 @@ def cache_latents(manifest: str, out_dir: str, tokenizer: tokenizers.KLVAE, para
     raise
   finally:
     bar.close()
-  return CacheSummary(paths=paths, written=written, upscaled=upscaled, skipped=dict(skipped), resumed_shards=len(finished),
-                      stopped=stopped)
+  return CacheSummary(paths=paths, written=written, upscaled=upscaled, skipped=dict(skipped),
+                      resumed_shards=len(finished), stopped=stopped)
