@@ -5,8 +5,7 @@
    to show them);
 2. makes it 8-bit RGB: transparency (RGBA, LA, a palette's or a colour's) composited onto the
    background colour, 16-bit greyscale scaled from [0, 65535] and float greyscale from [0, 1]
-   (PIL's own conversion clips both at 255), CMYK by the subtractive formula, palettes through
-   their colours;
+   (PIL's own conversion clips both at 255), CMYK multiplied out, palettes through their colours;
 3. makes it square: 'center_crop' (MAR's, ADM's) or 'pad_to_square' (the whole image, padded with
    the background).
 An image whose short side is below `min_size` raises `TooSmall` (the pipeline skips it as a
@@ -87,16 +86,12 @@ def to_rgb(pil: Image.Image, background: tuple[int, int, int]) -> Image.Image:
   elif pil.mode == "F":  # Float greyscale, [0, 1] as float images hold it.
     grey = np.nan_to_num(np.asarray(pil, np.float64), nan=0.0)
     pil = Image.fromarray(np.round(np.clip(grey, 0.0, 1.0) * 255).astype(np.uint8))
-  if pil.mode == "CMYK":
-    # Ink darkens multiplicatively: R = (255 - C)(255 - K) / 255 (what Pillow >= 9 does, here whatever the version).
-    cmyk = np.asarray(pil).astype(np.int64)
-    rgb = ((255 - cmyk[..., :3]) * (255 - cmyk[..., 3:]) + 127) // 255
-    return Image.fromarray(rgb.astype(np.uint8))
   if pil.mode in _ALPHA_MODES or "transparency" in pil.info:
-    rgba = np.asarray(pil.convert("RGBA")).astype(np.int64)  # PIL applies a palette's or a colour's transparency.
-    alpha = rgba[..., 3:]
-    rgb = (rgba[..., :3] * alpha + np.asarray(background, np.int64) * (255 - alpha) + 127) // 255
-    return Image.fromarray(rgb.astype(np.uint8))
+    # RGBA applies a palette's or a colour's transparency; over an opaque background PIL's composite
+    # is round(rgb * a / 255 + background * (1 - a / 255)).
+    rgba = pil.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, background + (255,)), rgba).convert("RGB")
+  # CMYK by Pillow (pinned, setup.cfg): ink darkens multiplicatively, R = (255 - C)(255 - K) / 255.
   return pil.convert("RGB")
 
 
