@@ -37,7 +37,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # For benchmarks.report.
 from benchmarks import report  # noqa: E402
 from mmar_jax import configs  # noqa: E402
-from mmar_jax.data import latent_cache, pipeline, synthetic, text_tokenizer  # noqa: E402
+from mmar_jax.data import images, latent_cache, pipeline, synthetic, text_tokenizer  # noqa: E402
 from mmar_jax.models import kl_vae  # noqa: E402
 from mmar_jax.models.backbone import Backbone, BackboneConfig  # noqa: E402
 from mmar_jax.train import loop  # noqa: E402
@@ -103,11 +103,12 @@ def write_random_cache(config, directory: str, records: int) -> None:
     writer.write(latent_cache.write_record(f"{i}.png", captions[i]["caption"], moments, flip, image_size=size))
   writer.close()
   info = {"num_records": records, "num_shards": 1, "records_per_shard": records, "image_size": size,
-          "vae": json.loads(json.dumps(dataclasses.asdict(vae)))}
+          "vae": json.loads(json.dumps(dataclasses.asdict(vae))),
+          "image": latent_cache.image_settings(images.ImageConfig.from_config(config))}
   with open(os.path.join(directory, latent_cache.INFO_FILE), "w") as f:
     json.dump(info, f)
   with open(latent_cache.skip_file_path(os.path.join(directory, latent_cache.shard_name(0, 1))), "w") as f:
-    json.dump({"written": records, "skipped": []}, f)
+    json.dump({"written": records, "upscaled": 0, "skipped": []}, f)
 
 
 def latents_main(args) -> None:

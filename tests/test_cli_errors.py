@@ -59,6 +59,9 @@ def test_bad_flags_fail_by_name_without_a_traceback(tmp_path):
   cases["convert-vae garbage safetensors"] = (
       ["convert-vae", f"--in={tmp_path / 'garbage.safetensors'}", f"--out={tmp_path / 'v2'}"],
       ["garbage.safetensors", "not a readable safetensors file"])
+  cases["prepare-data bad image background"] = (
+      ["prepare-data", f"--config={DEMO}", "--config.data.image_background=notacolour", *WITH_CONFIG["prepare-data"]],
+      ["config.data.image_background='notacolour' must be a colour PIL knows"])
   results = run_all({key: args for key, (args, _) in cases.items()}, tmp_path)
   for key, (args, words) in cases.items():
     r = results[key]

@@ -16,7 +16,7 @@ from absl import flags
 from PIL import Image
 
 from mmar_jax.cli import checkpoint_arg, main
-from mmar_jax.data import decode, synthetic
+from mmar_jax.data import images as images_lib, synthetic
 from mmar_jax.infer import describe
 from mmar_jax.models.mmar import as_variables
 from mmar_jax.train import loop
@@ -134,7 +134,7 @@ def test_describe_answers_one_image_as_decoding_without_the_cache(capsys, workdi
   # sequence so far, no KV cache; cut at <|im_end|>.
   trained = checkpoint_arg.load(workdir, None, weights="raw")
   exp = trained.exp
-  pixels = decode.load_image(str(images / "b.png"), exp.config.tokenizer.image_size)
+  pixels = images_lib.load_image(str(images / "b.png"), images_lib.ImageConfig.from_config(exp.config)).pixels
   tokens = exp.image_tokenizer.encode(trained.tokenizer_params, pixels[None].astype(np.float32) / 127.5 - 1.0)
   question = exp.text_tokenizer.encode("what colour is the circle?", add_special_tokens=False).ids
   rng = jax.random.fold_in(jax.random.key(0), 0)

@@ -14,7 +14,7 @@ import dataclasses
 import pytest
 
 from mmar_jax import configs
-from mmar_jax.data import latent_source, pipeline, sequences
+from mmar_jax.data import images, latent_source, pipeline, sequences
 from mmar_jax.models import kl_vae, tokenizers
 from mmar_jax.models.adapter import AdapterConfig
 from mmar_jax.models.backbone import BackboneConfig
@@ -24,7 +24,7 @@ from mmar_jax.train import step
 
 VIEWS = (BackboneConfig, AdapterConfig, HeadConfig, MaskRatioConfig, MMARConfig, tokenizers.TokenizerConfig,
          kl_vae.VAEConfig, step.StepConfig, sequences.SequenceConfig, pipeline.PipelineConfig,
-         latent_source.LatentsConfig)
+         latent_source.LatentsConfig, images.ImageConfig)
 PRESETS = ("demo", "mmar_0p5b", "mmar_7b")
 MASK_ID = 3  # MMARConfig's one argument that is not config: the tokenizer's <mask> id.
 

@@ -45,6 +45,10 @@ def test_override_sets_the_field():
     ("model.mask_ratio_loc=1.5", r"config\.model\.mask_ratio_loc=1\.5 must be in \[0, 1\]"),
     ("loss.diffusion_weight=-1.0", r"config\.loss\.diffusion_weight=-1\.0 must be non-negative"),
     ("diffusion.num_generation_steps=0", r"config\.diffusion\.num_generation_steps=0 must be positive"),
+    ("data.image_resize=stretch", r"config\.data\.image_resize='stretch' must be one of \('center_crop', "
+                                  r"'pad_to_square'\)"),
+    ("data.image_background=notacolour", r"config\.data\.image_background='notacolour' must be a colour PIL knows"),
+    ("data.min_image_size=0", r"config\.data\.min_image_size=0 must be a positive number of pixels"),
 ])
 def test_bad_values_fail_naming_the_field(override, message):
   with pytest.raises(configs.ConfigError, match=message):

@@ -8,9 +8,10 @@
 (relative paths resolve against the JSONL file's directory; blank lines are skipped) and writes
 each to --out with an "answer" added and its other keys kept, --batch-size images at a time.
 A line without a question takes --question; no question at all asks for a caption, as
-training's caption records do. Images are read with PIL as RGB and cropped as training's input
-pipeline crops them (data/decode.py, MAR's centre crop: the short side resized bicubic to
-config.tokenizer.image_size, the centre square kept), then scaled to [-1, 1].
+training's caption records do. Images become pixels as training's input pipeline makes them
+(data/images.py with the checkpoint's config.data image settings: upright by EXIF, transparency on
+config.data.image_background, then config.data.image_resize, by default MAR's centre crop to
+config.tokenizer.image_size), then scaled to [-1, 1].
 --temperature 0 (the default) decodes greedily; above 0 it samples within the --top-p nucleus,
 batch i from fold_in(key(seed), i).
 """
@@ -29,7 +30,7 @@ from PIL import Image
 
 from mmar_jax import checkpoint
 from mmar_jax.cli import checkpoint_arg
-from mmar_jax.data import decode, text_tokenizer
+from mmar_jax.data import images, text_tokenizer
 from mmar_jax.infer import describe
 
 _CKPT = flags.DEFINE_string("ckpt", None, "Training --workdir, its checkpoints/ directory, or checkpoints/<step>.")
@@ -144,10 +145,12 @@ def question_tokens(exp, request: Request, max_new_tokens: int) -> list[int]:
   return ids
 
 
-def load_pixels(request: Request, image_size: int) -> np.ndarray:
-  """The request's image as float32 [s, s, 3] in [-1, 1], cropped as the training pipeline crops."""
+def load_pixels(request: Request, image: images.ImageConfig) -> np.ndarray:
+  """The request's image as float32 [s, s, 3] in [-1, 1], made as the training pipeline makes it."""
   try:
-    pixels = decode.load_image(request.image, image_size)
+    pixels = images.load_image(request.image, image).pixels
+  except images.TooSmall as e:
+    raise ValueError(f"{request.where}: {request.image} is too small: {e}") from None
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL's ways to fail
     raise ValueError(f"{request.where}: {request.image} is not a readable image ({type(e).__name__}: {e})"
                      ) from None
@@ -160,13 +163,14 @@ def answer(trained: checkpoint_arg.Trained, requests: list[Request], question_id
   `describe`'s max_new_tokens, temperature and top_p."""
   exp = trained.exp
   encode = jax.jit(exp.image_tokenizer.encode)
+  image = images.ImageConfig.from_config(exp.config)
   size = min(batch_size, len(requests))
   answers = []
   starts = range(0, len(requests), size)
   for i, start in enumerate(tqdm.tqdm(starts, desc="describe", unit="batch", dynamic_ncols=True,
                                       disable=not progress)):
     batch = requests[start:start + size]
-    pixels = np.stack([load_pixels(r, exp.config.tokenizer.image_size) for r in batch])
+    pixels = np.stack([load_pixels(r, image) for r in batch])
     questions = question_ids[start:start + size]
     pad = size - len(batch)  # Every batch one shape: one compile.
     pixels = np.concatenate([pixels, np.repeat(pixels[:1], pad, axis=0)])

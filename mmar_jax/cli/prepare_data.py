@@ -4,8 +4,12 @@ The VAE is --config's tokenizer section (kind 'kl16', vae_checkpoint set). The e
 on every device with the batch sharded over the mesh's data axes; --batch-size must be a
 multiple of the device count. A bad record (not UTF-8, not JSON, a field missing, an image missing
 or undecodable) is skipped and named once as `skipped FILE:LINE: reason`; the summary at the end
-counts them by reason. Rerunning the same command resumes: finished shards are skipped, and
-SIGTERM (exit 143) or Ctrl-C (exit 130) leaves no partial shard behind.
+counts them by reason, and says how many images were smaller than config.tokenizer.image_size and
+upscaled. Images become pixels as training makes them (data/images.py, config.data's image_resize,
+image_background and min_image_size; an image below the minimum is skipped), and cache_info.json
+records those settings, so training from the cache checks them. Rerunning the same command
+resumes: finished shards are skipped, and SIGTERM (exit 143) or Ctrl-C (exit 130) leaves no
+partial shard behind.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from ml_collections import config_flags
 
 from mmar_jax import configs
 from mmar_jax.convert import vae_ckpt
-from mmar_jax.data import latent_cache
+from mmar_jax.data import images, latent_cache
 from mmar_jax.models import tokenizers
 
 _CACHE = flags.DEFINE_bool("cache-latents", False, "Encode the images to VAE moments (the only mode so far).")
@@ -41,6 +45,7 @@ def main(argv):
     raise flags.ValidationError("prepare-data needs --cache-latents (the only mode so far)")
   config = _CONFIG.value
   configs.validate_tokenizer(config.tokenizer)
+  configs.validate_images(config.data)
   if config.tokenizer.kind != "kl16":
     raise flags.ValidationError(f"--cache-latents needs config.tokenizer.kind='kl16', got "
                                 f"{config.tokenizer.kind!r} (pixel patches need no cache)")
@@ -56,8 +61,9 @@ def main(argv):
   try:
     with jax.set_mesh(mesh), nn.logical_axis_rules(config.mesh.logical_axis_rules):
       summary = latent_cache.cache_latents(_MANIFEST.value, _OUT.value, tokenizer, params,
-                                           batch_size=_BATCH.value, records_per_shard=_PER_SHARD.value,
-                                           sharding=batch, should_stop=terminated.is_set)
+                                           image=images.ImageConfig.from_config(config), batch_size=_BATCH.value,
+                                           records_per_shard=_PER_SHARD.value, sharding=batch,
+                                           should_stop=terminated.is_set)
   except KeyboardInterrupt:
     print("mmar-jax prepare-data: interrupted; the finished shards are kept, rerun the same command to resume",
           file=sys.stderr)

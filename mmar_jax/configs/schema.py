@@ -21,6 +21,8 @@ CFG_SCHEDULES = ("linear", "constant")
 MASK_RATIO_DISTS = ("uniform", "truncnorm")
 TOKENIZER_KINDS = ("patch", "kl16")
 DATA_SOURCES = ("synthetic", "manifest", "tfds", "latents", "mixture")
+# How a non-square image becomes the square input (mmar_jax/data/images.py).
+IMAGE_RESIZES = ("center_crop", "pad_to_square")
 # The backbone projections LoRA can adapt (mmar_jax/models/lora.py adds the factors).
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -276,6 +278,17 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.worker_buffer_size = 4  # Records buffered per worker.
   config.data.seed = 0  # Shuffling (a new order every epoch), task choice and caption dropout.
   config.data.max_corrupt_fraction = 0.01  # Stop when more than this share of records is corrupt.
+  # How an image becomes config.tokenizer.image_size square RGB pixels (data/images.py), alike for
+  # training and the latent cache (which records them). One of IMAGE_RESIZES: 'center_crop' is
+  # MAR's (ADM's) crop of the centre square; 'pad_to_square' keeps the whole image, its long side
+  # resized to the target and the rest padded with image_background.
+  config.data.image_resize = "center_crop"
+  # Behind transparent pixels (RGBA, LA, a palette's transparency) and around padded images: a
+  # PIL colour name or '#rrggbb'. White, as a transparent image is usually shown.
+  config.data.image_background = "white"
+  # Images whose short side is below this are skipped as corrupt; smaller than the target but at
+  # least this are upscaled (prepare-data counts them).
+  config.data.min_image_size = 16
   config.data.tokenizer = "demo"  # 'demo' (built from the synthetic grammar) or a dir/tokenizer.json.
   return config
 

@@ -11,9 +11,9 @@ import math
 import ml_collections
 
 from mmar_jax.configs import derived
-from mmar_jax.configs.schema import (ATTENTION_IMPLS, CFG_SCHEDULES, DATA_SOURCES, DTYPES, LOGICAL_AXES,
-                                     LORA_TARGETS, MASK_RATIO_DISTS, MESH_AXES, NOISE_SCHEDULES, PREDICTIONS,
-                                     REMAT_POLICIES, SAMPLERS, TOKENIZER_KINDS)
+from mmar_jax.configs.schema import (ATTENTION_IMPLS, CFG_SCHEDULES, DATA_SOURCES, DTYPES, IMAGE_RESIZES,
+                                     LOGICAL_AXES, LORA_TARGETS, MASK_RATIO_DISTS, MESH_AXES, NOISE_SCHEDULES,
+                                     PREDICTIONS, REMAT_POLICIES, SAMPLERS, TOKENIZER_KINDS)
 
 
 class ConfigError(ValueError):
@@ -140,6 +140,20 @@ def validate_data(config: ml_collections.ConfigDict) -> None:
     fail("data.num_workers", d.num_workers, "must be >= 0 (0 decodes in the training process)")
   if not d.tokenizer:
     fail("data.tokenizer", d.tokenizer, "must be 'demo' or a directory holding tokenizer.json")
+  validate_images(d)
+
+
+def validate_images(d: ml_collections.ConfigDict) -> None:
+  """Checks config.data's image fields (data/images.py): the training pipeline's and prepare-data's."""
+  from PIL import ImageColor  # PIL's own colour parser decides what a colour is; only here, where it is needed.
+  if d.image_resize not in IMAGE_RESIZES:
+    fail("data.image_resize", d.image_resize, f"must be one of {IMAGE_RESIZES}")
+  try:
+    ImageColor.getrgb(d.image_background)
+  except (ValueError, AttributeError, TypeError):
+    fail("data.image_background", d.image_background, "must be a colour PIL knows: a name ('white') or '#rrggbb'")
+  if not isinstance(d.min_image_size, int) or d.min_image_size < 1:
+    fail("data.min_image_size", d.min_image_size, "must be a positive number of pixels")
 
 
 def _validate_lora(m: ml_collections.ConfigDict) -> None:

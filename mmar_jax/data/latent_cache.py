@@ -2,9 +2,9 @@
 
 Input: a manifest as the data pipeline reads it (`data/manifest.py`: JSONL lines
 `{"image": "relative/path.png", "caption": "..."}` or LLaVA conversations), paths relative to the
-manifest's directory. Records go through the pipeline's own `decode.decode_record` (MAR's centre
-crop; the same checks), then are scaled to [-1, 1], so cached latents encode exactly the pixels
-the pipeline sees and a record the pipeline would skip is skipped here.
+manifest's directory. Records go through the pipeline's own `decode.decode_record` (data/images.py:
+orientation, transparency, the crop or pad; the same checks), then are scaled to [-1, 1], so cached
+latents encode exactly the pixels the pipeline sees and a record the pipeline would skip is skipped here.
 
 Output, in `out_dir`:
 - `latents-SSSSS-of-NNNNN.array_record`: record i of the manifest, if good, is in shard
@@ -21,9 +21,11 @@ Output, in `out_dir`:
   Moments stay float32 as the encoder returns them: the exp(logvar / 2) of a sample amplifies a
   rounded logvar, bfloat16 would make cached and on-the-fly tokens differ, and MAR caches float32.
   Tokens are `KLVAE.tokens_from_moments(moments, rng)` (clip, sample, scale, group).
-- `latents-SSSSS-of-NNNNN.skipped.json`: the shard's count written and its skipped records
-  ([["FILE:LINE", reason], ...]), so a resumed run can report on the whole cache.
-- `cache_info.json`: the settings; a resumed run must match them.
+- `latents-SSSSS-of-NNNNN.skipped.json`: the shard's count written, how many of those were upscaled
+  and its skipped records ([["FILE:LINE", reason], ...]), so a resumed run can report on the whole cache.
+- `cache_info.json`: the settings, the image settings among them (`image`: config.data's
+  image_resize, image_background, min_image_size); a resumed run must match them, and training
+  from the cache checks them against its config (latent_source.py).
 Shards are written to a temporary name (`.tmp`, removed on any error or interruption and at the
 next start) and renamed when complete, so a rerun skips finished shards and redoes only the rest.
 The posterior moments are a deterministic function of the image and the parameters, so reruns
@@ -47,6 +49,7 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 from tqdm import tqdm
 
+from mmar_jax.data import images
 from mmar_jax.data.decode import decode_record
 from mmar_jax.data.manifest import ManifestSource
 if TYPE_CHECKING:  # Annotations only: grain's workers import this module and need no flax models.
@@ -117,6 +120,7 @@ class CacheSummary:
   """What `cache_latents` did: totals over the whole cache, resumed shards included."""
   paths: list[str]                 # every shard of the cache, in order
   written: int                     # records in the finished shards
+  upscaled: int                    # of them, images smaller than the target size, enlarged
   skipped: dict[str, int]          # bad records by reason (the reason's text before its first ':')
   resumed_shards: int              # shards found finished and left untouched
   stopped: bool                    # `should_stop` said stop before the last shard: rerun to resume
@@ -126,7 +130,17 @@ class CacheSummary:
     lines = [f"{self.written} records in {len(self.paths)} shards ({done}; {self.resumed_shards} of them "
              f"finished by an earlier run), {sum(self.skipped.values())} skipped"]
     lines += [f"  skipped {count}: {reason}" for reason, count in sorted(self.skipped.items())]
+    lines += [f"{self.upscaled} of the records written were upscaled (smaller than the target size)"]
     return lines
+
+
+def image_settings(image: images.ImageConfig) -> dict:
+  """What cache_info.json's `image` holds: the settings besides the size that decide the pixels encoded."""
+  return {"resize": image.resize, "background": image.background, "min_size": image.min_size}
+
+
+def _upscaled(batch: list[dict]) -> int:
+  return sum(bool(r["upscaled"]) for r in batch)
 
 
 def skip_file_path(path: str) -> str:
@@ -138,20 +152,23 @@ def read_skip_file(shard_path: str) -> dict:
     return json.load(f)
 
 
-def cache_latents(manifest: str, out_dir: str, tokenizer: tokenizers.KLVAE, params, *, batch_size: int = 8,
-                  records_per_shard: int = 1024, sharding: jax.sharding.Sharding | None = None,
+def cache_latents(manifest: str, out_dir: str, tokenizer: tokenizers.KLVAE, params, *, image: images.ImageConfig,
+                  batch_size: int = 8, records_per_shard: int = 1024, sharding: jax.sharding.Sharding | None = None,
                   progress: bool = True, should_stop: Callable[[], bool] = lambda: False) -> CacheSummary:
   """Writes the shards for `manifest` (skipping finished ones) and says what it did.
 
-  Records go through the training pipeline's own decode (`decode.decode_record`), so a record
-  the pipeline would skip is skipped here: named once as `skipped FILE:LINE: reason` and counted
-  by reason, never written. Manifest record i belongs to shard i // records_per_shard whether good
+  Records go through the training pipeline's own decode (`decode.decode_record` with `image`, the
+  config's image settings), so a record the pipeline would skip is skipped here: named once as
+  `skipped FILE:LINE: reason` and counted by reason, never written; images smaller than the target
+  are counted as upscaled. Manifest record i belongs to shard i // records_per_shard whether good
   or bad, so shards are stable across reruns; each finished shard keeps its skipped records beside
   it (`*.skipped.json`), so a resumed run's counts cover the whole cache. `sharding` places each
   pixel batch (e.g. batch over the mesh's data axes); batches are padded to `batch_size` so one
   program is compiled. `should_stop` is asked between batches (a SIGTERM handler's flag): the
   unfinished shard is then dropped and the summary says `stopped`.
   """
+  if image.size != tokenizer.image_size:
+    raise ValueError(f"the images are made {image.size}px but the VAE encodes {tokenizer.image_size}px")
   source = ManifestSource(manifest)
   if not len(source):
     raise ValueError(f"{manifest} has no records")
@@ -161,7 +178,7 @@ def cache_latents(manifest: str, out_dir: str, tokenizer: tokenizers.KLVAE, para
   info = {"manifest": os.path.abspath(manifest), "num_records": len(source), "num_shards": num_shards,
           "records_per_shard": records_per_shard, "image_size": tokenizer.image_size,
           "vae": dataclasses.asdict(tokenizer.config.vae),
-          "vae_checkpoint": tokenizer.config.vae_checkpoint}
+          "vae_checkpoint": tokenizer.config.vae_checkpoint, "image": image_settings(image)}
   info_path = os.path.join(out_dir, INFO_FILE)
   if os.path.exists(info_path):
     with open(info_path) as f:
@@ -177,10 +194,10 @@ def cache_latents(manifest: str, out_dir: str, tokenizer: tokenizers.KLVAE, para
     if os.path.exists(path + ".tmp"):
       os.remove(path + ".tmp")
   finished = [i for i, p in enumerate(paths) if os.path.exists(p) and os.path.exists(skip_file_path(p))]
-  written, skipped = 0, collections.Counter()
+  written, upscaled, skipped = 0, 0, collections.Counter()
   for i in finished:
     kept = read_skip_file(paths[i])
-    written += kept["written"]
+    written, upscaled = written + kept["written"], upscaled + kept["upscaled"]
     skipped.update(reason.split(":")[0] for _, reason in kept["skipped"])
   encode = _encode_fn(tokenizer, sharding)
   if isinstance(sharding, jax.sharding.NamedSharding):
@@ -202,7 +219,7 @@ def cache_latents(manifest: str, out_dir: str, tokenizer: tokenizers.KLVAE, para
   stopped = False
   try:
     for shard in (i for i in range(num_shards) if i not in finished):
-      tmp, shard_written, shard_skipped, batch = paths[shard] + ".tmp", 0, [], []
+      tmp, shard_written, shard_upscaled, shard_skipped, batch = paths[shard] + ".tmp", 0, 0, [], []
       writer = ArrayRecordWriter(tmp, "group_size:1")
       try:
         for index in range(shard * records_per_shard, min(len(source), (shard + 1) * records_per_shard)):
@@ -210,7 +227,7 @@ def cache_latents(manifest: str, out_dir: str, tokenizer: tokenizers.KLVAE, para
             stopped = True
             break
           record = source[index]
-          decoded = decode_record(record, tokenizer.image_size)
+          decoded = decode_record(record, image)
           if "corrupt" in decoded:
             where = f"{manifest}:{record.get('line', index + 1)}"
             shard_skipped.append((where, decoded["corrupt"]))
@@ -220,20 +237,21 @@ def cache_latents(manifest: str, out_dir: str, tokenizer: tokenizers.KLVAE, para
             batch.append({**decoded, "key": os.path.relpath(record["image"], root)})
           if len(batch) == batch_size:
             write_batch(writer, batch)
-            shard_written, batch = shard_written + len(batch), []
+            shard_written, shard_upscaled = shard_written + len(batch), shard_upscaled + _upscaled(batch)
+            batch = []
           bar.update(1)
         if batch and not stopped:
           write_batch(writer, batch)
-          shard_written += len(batch)
+          shard_written, shard_upscaled = shard_written + len(batch), shard_upscaled + _upscaled(batch)
       finally:
         writer.close()
       if stopped:
         os.remove(tmp)
         break
       with open(skip_file_path(paths[shard]), "w") as f:
-        json.dump({"written": shard_written, "skipped": shard_skipped}, f, indent=1)
+        json.dump({"written": shard_written, "upscaled": shard_upscaled, "skipped": shard_skipped}, f, indent=1)
       os.replace(tmp, paths[shard])  # Atomic, and after its skip file: a shard under its final name is complete.
-      written += shard_written
+      written, upscaled = written + shard_written, upscaled + shard_upscaled
   except BaseException:  # An error or Ctrl-C: no partial shard is left behind.
     for path in paths:
       if os.path.exists(path + ".tmp"):
@@ -241,5 +259,5 @@ def cache_latents(manifest: str, out_dir: str, tokenizer: tokenizers.KLVAE, para
     raise
   finally:
     bar.close()
-  return CacheSummary(paths=paths, written=written, skipped=dict(skipped), resumed_shards=len(finished),
-                      stopped=stopped)
+  return CacheSummary(paths=paths, written=written, upscaled=upscaled, skipped=dict(skipped),
+                      resumed_shards=len(finished), stopped=stopped)

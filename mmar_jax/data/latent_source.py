@@ -6,9 +6,9 @@ builds their task sequences as it does a manifest's (captions and conversations 
 of the two moments a row gets is drawn per record per epoch from the pipeline's seed (pipeline.py,
 MAR's random flip of its cached moments); the train step samples the latent from them.
 
-Opening the source checks the cache against the config (image size, VAE architecture, the
-format of each shard's first record), so a cache that cannot feed the model fails at start-up
-with one line naming the field or file, not in a worker.
+Opening the source checks the cache against the config (image size and the image settings that
+decide its pixels, VAE architecture, the format of each shard's first record), so a cache that
+cannot feed the model fails at start-up with one line naming the field or file, not in a worker.
 """
 
 from __future__ import annotations
@@ -18,22 +18,25 @@ import json
 import os
 from typing import SupportsIndex
 
+from absl import logging
+from PIL import ImageColor
+
 import grain
-from mmar_jax.data import decode, latent_cache
+from mmar_jax.data import decode, images, latent_cache
 
 
 @dataclasses.dataclass(frozen=True)
 class LatentsConfig:
   """Where the cache is and what the model expects of it (config.data.latents_dir, config.tokenizer)."""
   dir: str
-  image_size: int
+  image: images.ImageConfig  # The pixels the model's config makes; the cache's must be the same.
   vae: dict  # dataclasses.asdict(kl_vae.VAEConfig) of the model's tokenizer, as cache_info.json stores it.
   flip: bool  # Draw the mirrored image's moments for half the records each epoch.
 
   @classmethod
   def from_config(cls, config) -> LatentsConfig:
     from mmar_jax.models import kl_vae  # Flax: only the training process builds this config, never a worker.
-    return cls(dir=config.data.latents_dir, image_size=config.tokenizer.image_size,
+    return cls(dir=config.data.latents_dir, image=images.ImageConfig.from_config(config),
                vae=dataclasses.asdict(kl_vae.VAEConfig.from_config(config)), flip=config.data.latents_flip)
 
 
@@ -51,14 +54,34 @@ def read_info(directory: str) -> dict:
 
 def _check_matches(config: LatentsConfig, info: dict) -> None:
   where = os.path.join(config.dir, latent_cache.INFO_FILE)
-  if info["image_size"] != config.image_size:
+  if info["image_size"] != config.image.size:
     raise ValueError(f"{where}: the cache holds {info['image_size']}px images but config.tokenizer.image_size="
-                     f"{config.image_size}; train with the cache's size or cache again")
+                     f"{config.image.size}; train with the cache's size or cache again")
+  _check_image_settings(where, config.image, info.get("image"))
   # The compute dtype only rounds the moments; everything else decides what the latents mean.
   for field, value in config.vae.items():
     if field != "dtype" and json.loads(json.dumps(value)) != info["vae"].get(field):
       raise ValueError(f"{where}: the cache was encoded with vae {field}={info['vae'].get(field)} but "
                        f"config.tokenizer.vae_{field}={value}; the model's VAE must be the cache's")
+
+
+def _check_image_settings(where: str, image: images.ImageConfig, cached: dict | None) -> None:
+  """The resize and background decide the cached pixels: a difference is refused. The minimum only
+  decided which records the cache holds: a difference is a warning."""
+  if cached is None:
+    logging.warning("%s records no image settings (a cache from before them: MAR's centre crop, alpha "
+                    "dropped, EXIF orientation ignored); config.data's image_* settings are not checked", where)
+    return
+  if cached["resize"] != image.resize:
+    raise ValueError(f"{where}: the cache was made with image resize={cached['resize']!r} but "
+                     f"config.data.image_resize={image.resize!r}; train with the cache's setting or cache again")
+  if ImageColor.getrgb(cached["background"])[:3] != image.background_rgb:
+    raise ValueError(f"{where}: the cache was made with image background={cached['background']!r} but "
+                     f"config.data.image_background={image.background!r}; train with the cache's setting or "
+                     "cache again")
+  if cached["min_size"] != image.min_size:
+    logging.warning("%s: the cache was made with image min_size=%d but config.data.min_image_size=%d; the cache "
+                    "holds the records its own minimum let through", where, cached["min_size"], image.min_size)
 
 
 class LatentCacheSource(grain.sources.RandomAccessDataSource):
@@ -80,7 +103,7 @@ class LatentCacheSource(grain.sources.RandomAccessDataSource):
     if len(self._source) != sum(counts):
       raise ValueError(f"{config.dir}: {len(self._source)} records in the shards, their .skipped.json files "
                        f"say {sum(counts)}; rerun prepare-data into a new --out")
-    latent = config.image_size // 2 ** (len(config.vae["channel_mult"]) - 1)
+    latent = config.image.size // 2 ** (len(config.vae["channel_mult"]) - 1)
     expected = (latent, latent, 2 * config.vae["z_channels"])
     first = 0
     for path, count in zip(self._paths, counts):  # One record a shard: old or foreign files fail here, named.

@@ -25,7 +25,7 @@ from tokenizers import Tokenizer
 
 import grain
 from mmar_jax.batch import Batch
-from mmar_jax.data import decode, holdout, latent_source, mixture, sequences, synthetic, text_tokenizer
+from mmar_jax.data import decode, holdout, images, latent_source, mixture, sequences, synthetic, text_tokenizer
 from mmar_jax.data.manifest import ManifestSource
 from mmar_jax.data.tfds_source import TfdsConfig, TfdsSource
 from mmar_jax.data.corrupt import SkipCorruptIterDataset, SkipCorruptIterator
@@ -41,7 +41,7 @@ class PipelineConfig:
   synthetic_records: int
   synthetic_noisy_backgrounds: bool
   synthetic_held_out_modulus: int
-  image_size: int
+  image: images.ImageConfig
   batch_size: int  # global
   num_workers: int
   worker_buffer_size: int
@@ -60,7 +60,7 @@ class PipelineConfig:
                validation_fraction=d.validation_fraction, synthetic_records=d.synthetic_records,
                synthetic_noisy_backgrounds=d.synthetic_noisy_backgrounds,
                synthetic_held_out_modulus=d.synthetic_held_out_modulus,
-               image_size=config.tokenizer.image_size, batch_size=d.batch_size, num_workers=d.num_workers,
+               image=images.ImageConfig.from_config(config), batch_size=d.batch_size, num_workers=d.num_workers,
                worker_buffer_size=d.worker_buffer_size, packing_bins=d.packing_bins, seed=d.seed,
                max_corrupt_fraction=d.max_corrupt_fraction,
                sequence=sequences.SequenceConfig.from_config(config),
@@ -98,7 +98,7 @@ def make_source(config: PipelineConfig) -> grain.sources.RandomAccessDataSource:
   """The random-access source named by config.data.source (one, not a mixture)."""
   if config.source == "synthetic":
     return synthetic.SyntheticShapesSource(
-        synthetic.SyntheticConfig(config.synthetic_records, config.image_size, seed=config.seed,
+        synthetic.SyntheticConfig(config.synthetic_records, config.image.size, seed=config.seed,
                                   noisy_backgrounds=config.synthetic_noisy_backgrounds,
                                   held_out_modulus=config.synthetic_held_out_modulus))
   if config.source == "manifest":
@@ -122,7 +122,7 @@ class RecordToSequence(grain.transforms.RandomMap):
     if self._config.reads_moments:
       record = latent_source.decode_record(element)
     else:
-      record = decode.decode_record(element, self._config.image_size)
+      record = decode.decode_record(element, self._config.image)
     if "corrupt" in record:
       return record
     seq = sequences.build_sequence(record, rng, self._config.sequence, self._tokenizer, self._ids)

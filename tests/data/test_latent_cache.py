@@ -15,7 +15,7 @@ from PIL import Image
 
 from mmar_jax import configs
 from mmar_jax.convert import vae_ckpt
-from mmar_jax.data import latent_cache
+from mmar_jax.data import images, latent_cache
 from mmar_jax.models import kl_vae, tokenizers
 from tests.views import view
 
@@ -29,6 +29,7 @@ SIZE = 16
 # visible (random pixels, wide and tall) and the expected pixels follow without resampling: k x k
 # blocks halve exactly under the box filter, and a short side of SIZE is cropped, not resized.
 IMAGES = [(24, 16, 1), (16, 16, 1), (16, 26, 1), (16, 32, 2), (24, 16, 4)]
+IMAGE = view(images.ImageConfig, {"tokenizer.image_size": SIZE})  # The schema's image settings.
 
 
 def expected_pixels(base: np.ndarray) -> np.ndarray:
@@ -60,8 +61,8 @@ def _cache(dataset, out, **kw):
   mesh = jax.make_mesh((8, 1, 1), configs.MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
   with jax.set_mesh(mesh), nn.logical_axis_rules(configs.DEFAULT_LOGICAL_AXIS_RULES):
-    return latent_cache.cache_latents(str(root / "manifest.jsonl"), str(out), tok, params, batch_size=8,
-                                      records_per_shard=2, sharding=sharding, progress=False, **kw).paths
+    return latent_cache.cache_latents(str(root / "manifest.jsonl"), str(out), tok, params, image=IMAGE,
+                                      batch_size=8, records_per_shard=2, sharding=sharding, progress=False, **kw).paths
 
 
 def test_records_hold_moments_of_the_image_and_its_mirror(dataset, tmp_path):
@@ -100,8 +101,8 @@ def test_rerun_skips_finished_shards_and_repeats_the_bytes(dataset, tmp_path):
   # Other settings in the same directory are refused rather than mixed.
   with pytest.raises(ValueError, match="other settings"):
     root, tok, params, _ = dataset
-    latent_cache.cache_latents(str(root / "manifest.jsonl"), str(tmp_path / "a"), tok, params, batch_size=8,
-                               records_per_shard=4, progress=False)
+    latent_cache.cache_latents(str(root / "manifest.jsonl"), str(tmp_path / "a"), tok, params, image=IMAGE,
+                               batch_size=8, records_per_shard=4, progress=False)
 
 
 def test_prepare_data_cli_writes_the_same_shards(dataset, tmp_path):

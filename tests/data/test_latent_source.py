@@ -18,7 +18,7 @@ from PIL import Image
 
 from mmar_jax import configs
 from mmar_jax.convert import vae_ckpt
-from mmar_jax.data import latent_cache, latent_source, pipeline, text_tokenizer
+from mmar_jax.data import images, latent_cache, latent_source, pipeline, text_tokenizer
 from mmar_jax.data.manifest import ManifestSource
 from mmar_jax.models import kl_vae, tokenizers
 from tests.views import view
@@ -56,8 +56,9 @@ def write_vae(config) -> tokenizers.KLVAE:
 def make_cache(root, config) -> str:
   tok = write_vae(config)
   out = str(root / "latents")
-  latent_cache.cache_latents(str(root / "manifest.jsonl"), out, tok, vae_ckpt.tokenizer_params(tok), batch_size=4,
-                             records_per_shard=4, progress=False)
+  latent_cache.cache_latents(str(root / "manifest.jsonl"), out, tok, vae_ckpt.tokenizer_params(tok),
+                             image=images.ImageConfig.from_config(config), batch_size=4, records_per_shard=4,
+                             progress=False)
   return out
 
 
@@ -116,10 +117,33 @@ def test_reading_records_needs_no_flax():
     (("tokenizer.image_size", 32), r"cache_info.json: the cache holds 16px images but config.tokenizer.image_size=32"),
     (("tokenizer.vae_z_channels", 8), r"vae z_channels=4 but config.tokenizer.vae_z_channels=8"),
     (("data.latents_dir", "/nonexistent"), r"config.data.latents_dir='/nonexistent' does not exist"),
+    (("data.image_resize", "pad_to_square"), r"cache_info.json: the cache was made with image resize='center_crop' "
+                                              r"but config.data.image_resize='pad_to_square'"),
+    (("data.image_background", "black"), r"cache_info.json: the cache was made with image background='white' but "
+                                         r"config.data.image_background='black'"),
 ])
 def test_a_cache_that_does_not_fit_the_config_fails_at_start_up_by_name(cache, override, match):
   with pytest.raises((ValueError, FileNotFoundError), match=match):
     pipeline.make_source(pipeline.PipelineConfig.from_config(data_config(cache, override)))
+
+
+def test_image_settings_that_do_not_change_the_pixels_open_with_at_most_a_warning(cache, tmp_path, caplog):
+  # The same colour spelled otherwise is the same background.
+  pipeline.make_source(pipeline.PipelineConfig.from_config(data_config(cache, ("data.image_background", "#FFFFFF"))))
+  # Another minimum only decided which records the cache holds: a warning naming the field.
+  with caplog.at_level("WARNING"):
+    pipeline.make_source(pipeline.PipelineConfig.from_config(data_config(cache, ("data.min_image_size", 8))))
+  assert "image min_size=16 but config.data.min_image_size=8" in caplog.text
+  # A cache from before the image settings were recorded opens, saying they are not checked.
+  old = tmp_path / "old"
+  shutil.copytree(cache / "latents", old)
+  info = json.loads((old / latent_cache.INFO_FILE).read_text())
+  del info["image"]
+  (old / latent_cache.INFO_FILE).write_text(json.dumps(info))
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    pipeline.make_source(pipeline.PipelineConfig.from_config(data_config(cache, ("data.latents_dir", str(old)))))
+  assert "records no image settings" in caplog.text
 
 
 def test_wrong_source_settings_say_what_to_do(cache):

@@ -11,10 +11,12 @@ import pytest
 from PIL import Image
 
 from mmar_jax import configs
-from mmar_jax.data import corrupt, decode, pipeline, synthetic, text_tokenizer
+from mmar_jax.data import corrupt, decode, images, pipeline, synthetic, text_tokenizer
 from mmar_jax.data.manifest import ManifestSource
+from tests.views import view
 
 TOK = text_tokenizer.build_demo_tokenizer()
+IMAGE = view(images.ImageConfig, {"tokenizer.image_size": 32})  # The schema's image settings at 32px.
 
 
 def write_images(root, count):
@@ -44,7 +46,7 @@ def test_caption_jsonl_round_trips(tmp_path):
   source = ManifestSource(str(path))
   assert len(source) == 8
   for i, r in enumerate(records):
-    got = decode.decode_record(source[i], 32)
+    got = decode.decode_record(source[i], IMAGE)
     assert np.array_equal(got["image"], r["image"]) and got["caption"] == r["caption"]
   # Through the pipeline (generation only, no dropout): the caption tokens and pixels come back.
   pc = pipeline_config(path, "data.num_workers=0", "data.generation_fraction=1.0", "data.caption_dropout=0.0")
@@ -69,7 +71,7 @@ def test_llava_conversations_round_trip(tmp_path, layout):
   path.write_text(json.dumps(entries) if layout == "json" else "".join(json.dumps(e) + "\n" for e in entries))
   source = ManifestSource(str(path))
   for i, r in enumerate(records):
-    got = decode.decode_record(source[i], 32)
+    got = decode.decode_record(source[i], IMAGE)
     assert got["qa"] == [r["qa"][2], r["qa"][0]] and got["caption"] == ""
     assert np.array_equal(got["image"], r["image"])
   # Caption-less records always become understanding sequences.
@@ -81,7 +83,7 @@ def test_llava_conversations_round_trip(tmp_path, layout):
 def _decoded(tmp_path, name, image):
   Image.fromarray(image).save(tmp_path / name)
   (tmp_path / f"{name}.jsonl").write_text(json.dumps({"image": name, "caption": "a picture"}) + "\n")
-  return decode.decode_record(ManifestSource(str(tmp_path / f"{name}.jsonl"))[0], 32)["image"]
+  return decode.decode_record(ManifestSource(str(tmp_path / f"{name}.jsonl"))[0], IMAGE)["image"]
 
 
 def test_large_non_square_images_are_centre_cropped_exactly(tmp_path):

@@ -3,6 +3,7 @@ reason, conversations kept; interrupted runs leave no partial shard and resume."
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -17,9 +18,9 @@ import pytest
 from PIL import Image
 
 from mmar_jax.convert import vae_ckpt
-from mmar_jax.data import latent_cache
+from mmar_jax.data import images, latent_cache
 from mmar_jax.models import tokenizers
-from tests.data.test_latent_cache import SIZE, TINY
+from tests.data.test_latent_cache import IMAGE, SIZE, TINY
 from tests.views import view
 
 CONVERSATION = [{"from": "human", "value": "<image>\nWhat colour is it?"}, {"from": "gpt", "value": "red"},
@@ -84,6 +85,7 @@ def test_every_kind_of_bad_record_is_skipped_named_once_and_counted(vae, tmp_pat
   assert stderr.count("skipped ") == len(named)
   assert "img/s" in stderr  # The progress bar's rate.
   assert "4 records in 5 shards (complete; 0 of them finished by an earlier run), 5 skipped" in stdout
+  assert "0 of the records written were upscaled (smaller than the target size)" in stdout
   for reason in ("entry has no 'image' path", "image missing", "image unreadable", "line is not JSON",
                  "line is not UTF-8"):
     assert f"  skipped 1: {reason}\n" in stdout, reason
@@ -100,13 +102,42 @@ def test_a_json_array_manifest_keeps_conversations_and_names_lines(vae, tmp_path
   entries = [{"image": "img/0.png", "conversations": CONVERSATION}, {"image": "img/absent.png", "caption": "x"}]
   (tmp_path / "llava.json").write_text("[\n" + ",\n".join(json.dumps(e, indent=1) for e in entries) + "\n]\n")
   summary = latent_cache.cache_latents(str(tmp_path / "llava.json"), str(tmp_path / "cache"), tok, params,
-                                       batch_size=2, progress=False)
+                                       image=IMAGE, batch_size=2, progress=False)
   assert (summary.written, summary.skipped, summary.stopped) == (1, {"image missing": 1}, False)
   [record] = latent_cache.read_shard(summary.paths[0])
   assert record["qa"] == [("What colour is it?", "red"), ("And the shape?", "a circle")]
   skipped = json.loads((tmp_path / "cache" / "latents-00000-of-00001.skipped.json").read_text())["skipped"]
   first_line_of_second = 2 + len(json.dumps(entries[0], indent=1).splitlines())
   assert [where for where, _ in skipped] == [f"{tmp_path / 'llava.json'}:{first_line_of_second}"]
+
+
+def test_small_images_are_skipped_below_the_minimum_and_counted_when_upscaled(vae, tmp_path):
+  tok, params = vae
+  os.makedirs(tmp_path / "img")
+  for name, (w, h) in {"big": (24, 32), "small": (12, 10), "tiny": (6, 20)}.items():
+    Image.new("RGB", (w, h), "red").save(tmp_path / "img" / f"{name}.png")
+  (tmp_path / "m.jsonl").write_text("".join(json.dumps({"image": f"img/{name}.png", "caption": name}) + "\n"
+                                            for name in ("big", "small", "tiny", "small")))
+  image = view(images.ImageConfig, {"tokenizer.image_size": SIZE, "data.min_image_size": 8})
+  run = lambda: latent_cache.cache_latents(str(tmp_path / "m.jsonl"), str(tmp_path / "cache"), tok, params,
+                                           image=image, batch_size=2, records_per_shard=2, progress=False)
+  summary = run()
+  assert (summary.written, summary.upscaled, summary.skipped) == (3, 2, {"image too small": 1})
+  assert "2 of the records written were upscaled (smaller than the target size)" in summary.lines()
+  skipped = json.loads((tmp_path / "cache" / "latents-00001-of-00002.skipped.json").read_text())
+  assert skipped == {"written": 1, "upscaled": 1, "skipped": [[f"{tmp_path / 'm.jsonl'}:3",
+                                                               "image too small: 6x20 is below "
+                                                               "config.data.min_image_size=8"]]}
+  info = json.loads((tmp_path / "cache" / latent_cache.INFO_FILE).read_text())
+  assert info["image"] == {"resize": "center_crop", "background": "white", "min_size": 8}
+  # A rerun resumes every shard and counts the same from their skip files.
+  again = run()
+  assert (again.resumed_shards, again.written, again.upscaled, again.skipped) == (2, 3, 2, {"image too small": 1})
+  # Other image settings in the same directory are refused, as any other setting.
+  with pytest.raises(ValueError, match="other settings"):
+    latent_cache.cache_latents(str(tmp_path / "m.jsonl"), str(tmp_path / "cache"), tok, params,
+                               image=dataclasses.replace(image, resize="pad_to_square"), batch_size=2,
+                               records_per_shard=2, progress=False)
 
 
 def _good_manifest(tmp_path, third: str) -> str:
@@ -132,7 +163,7 @@ def test_ctrl_c_leaves_no_partial_shard(vae, tmp_path):
     return False
 
   with pytest.raises(KeyboardInterrupt):
-    latent_cache.cache_latents(manifest, str(tmp_path / "cache"), tok, params, batch_size=2,
+    latent_cache.cache_latents(manifest, str(tmp_path / "cache"), tok, params, image=IMAGE, batch_size=2,
                                records_per_shard=2, progress=False, should_stop=interrupt)
   assert sorted(os.listdir(tmp_path / "cache")) == ["cache_info.json", "latents-00000-of-00002.array_record",
                                                     "latents-00000-of-00002.skipped.json"]

@@ -15,8 +15,9 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from mmar_jax import configs
-from mmar_jax.data import decode, pipeline, synthetic, text_tokenizer
+from mmar_jax.data import decode, images, pipeline, synthetic, text_tokenizer
 from mmar_jax.data.tfds_source import TfdsConfig, TfdsSource
+from tests.views import view
 
 RECORDS = [synthetic.SyntheticShapesSource(synthetic.SyntheticConfig(12, 32, seed=8))[i] for i in range(12)]
 
@@ -82,7 +83,7 @@ def test_tfds_records_round_trip(data_dir, image_key):
   # tfds shuffles examples while preparing; match them up by caption, distinct among these 12.
   assert len({r["caption"] for r in RECORDS}) == 12
   for i in range(12):
-    got = decode.decode_record(source[i], 32)
+    got = decode.decode_record(source[i], view(images.ImageConfig, {"tokenizer.image_size": 32}))
     want = next(r for r in RECORDS if r["caption"] == got["caption"])
     pixels = gray(want["image"])[..., None].repeat(3, -1) if image_key == "gray" else want["image"]
     assert np.array_equal(got["image"], pixels) and got["qa"] == [want["qa"][2]]
