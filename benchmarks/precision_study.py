@@ -5,7 +5,7 @@ with the forward pass in float32 and in bfloat16 and prints, per timestep bucket
 the low precision adds to the head's output (delta), to the implied x0 and to a DDIM step t ->
 t-1, each beside the paper's bound (coefficient x delta). Usage:
 
-  python benchmarks/precision_study.py [--steps 1000] [--per_bucket 4096]
+  python benchmarks/precision_study.py [--steps 1000] [--per_bucket 4096] [--json]
 
 The paper's argument (MMAR.md, "numerical-stability theorem"): in bfloat16 the head's output
 carries an error delta of order its own magnitude, whatever the target. That error reaches
@@ -36,6 +36,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import report  # noqa: E402
 from benchmarks.diffusion_toy import ToyMixture, train_head  # noqa: E402
 from mmar_jax import configs  # noqa: E402
 from mmar_jax.diffusion import parameterization  # noqa: E402
@@ -153,12 +154,14 @@ def main():
   parser.add_argument("--per_bucket", type=int, default=4096)
   parser.add_argument("--width", type=int, default=256)
   parser.add_argument("--depth", type=int, default=3)
+  report.add_json_flag(parser)
   args = parser.parse_args()
   head = dataclasses.replace(HeadConfig.from_config(configs.with_values(
       {"head.depth": args.depth, "head.width": args.width, "head.dtype": "float32"})), token_channels=2)
   data = ToyMixture()
   print(f"head depth {args.depth} width {args.width}, {args.steps} float32 training steps on the 2-D mixture; "
         f"{args.per_bucket} samples per bucket; errors are RMS of (bfloat16 - float32)")
+  figures = {}
   for prediction in ("eps", "x0", "v"):
     start = time.perf_counter()
     params, loss = train_head(head, data, jax.random.key(0), prediction=prediction, steps=args.steps)
@@ -169,6 +172,9 @@ def main():
     for b in rows:
       print(f"| {b.t_lo}-{b.t_hi - 1} | {b.alpha_bar:.2e} | {b.out_err:.2e} | {b.x0_err:.2e} | {b.x0_bound:.2e} "
             f"| {b.step_err:.2e} | {b.step_bound:.2e} |")
+    figures[prediction] = {"final_loss": loss, "buckets": [dataclasses.asdict(b) for b in rows]}
+  report.emit(args, "precision_study", {"depth": args.depth, "width": args.width, "steps": args.steps,
+                                        "per_bucket": args.per_bucket} | figures)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ their count is printed). Each figure is the median of `--iters` runs after a war
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import report  # noqa: E402
 from benchmarks.backbone_cpu import median_seconds  # noqa: E402
 from mmar_jax import checkpoint, configs  # noqa: E402
 from mmar_jax.convert import hf_export  # noqa: E402
@@ -47,7 +47,7 @@ def main():
   # 1 by default: on the shared 2-core dev box torch's two OpenMP threads spin against other
   # work, and one small forward took 97 ms with 2 threads against 6.6 ms with 1 (measured).
   parser.add_argument("--torch_threads", type=int, default=1)
-  parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+  report.add_json_flag(parser)
   args = parser.parse_args()
 
   torch.set_num_threads(args.torch_threads)
@@ -96,9 +96,6 @@ def main():
     }
   result["images_ratio_torch_over_jax"] = result["torch_images_per_s"] / result["jax_images_per_s"]
   result["text_ratio_torch_over_jax"] = result["torch_text_tokens_per_s"] / result["jax_text_tokens_per_s"]
-  if args.json:
-    print(json.dumps(result))
-    return
   print(f"{args.images} images, {args.num_steps} AR steps x {args.sampling_steps} sampling steps, cfg {args.cfg}; "
         f"describe of {args.images} images ({jax_tokens} / {torch_tokens} answer tokens, jax / torch)")
   print("| | images/s | text tokens/s |\n|---|---|---|")
@@ -107,6 +104,7 @@ def main():
         f"{result['torch_text_tokens_per_s']:.1f} |")
   print(f"| ratio torch / jax | {result['images_ratio_torch_over_jax']:.2f}x | "
         f"{result['text_ratio_torch_over_jax']:.2f}x |")
+  report.emit(args, "torch_vs_jax", result)
 
 
 if __name__ == "__main__":
