@@ -69,4 +69,4 @@ def decode_record(record: dict, image_size: int) -> dict:
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL's ways to fail
     return corrupt(record, f"image unreadable: {type(e).__name__}: {e}")
   return {"image": image, "caption": caption, "qa": qa, "source": record.get("source", "?"),
-          "index": int(record["index"])}
+          "index": int(record["index"]), **({"line": record["line"]} if "line" in record else {})}
