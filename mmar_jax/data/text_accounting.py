@@ -17,6 +17,10 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 import grain
+from tokenizers import Tokenizer
+
+from mmar_jax.data import text_tokenizer
+from mmar_jax.data.manifest import ManifestSource
 
 NOTE = "text_note"  # The key of a sequence's note; taken off before packing and batching.
 COUNTS = ("records", "cut", "cut_tokens", "unknown")
@@ -132,3 +136,25 @@ def summary_lines(counts: dict[str, int], room: int) -> list[str]:
   if not lines:
     lines.append(f"text: all {records} records read fit their room, with no unknown words")
   return lines
+
+
+def manifest_lines(manifest: str, tokenizer: Tokenizer, room: int) -> list[str]:
+  """What training will meet in `manifest`'s texts, ahead of time (prepare-data's summary): the records
+  whose caption, or a question with its answer, is longer than `room` tokens, and those with unknown words."""
+  records = [r for r in ManifestSource(manifest) if "error" not in r]
+  # Each record's texts in the groups that share a room: its caption alone, each question with its answer.
+  groups = [[[r.get("caption") or ""]] + [[q, a] for q, a in r.get("qa") or []] for r in records]
+  flat = [t for g in groups for texts in g for t in texts]
+  encodings = iter(tokenizer.encode_batch(flat, add_special_tokens=False) if flat else [])
+  long = unknown = 0
+  for g in groups:
+    encoded = [[(t, next(encodings)) for t in texts] for texts in g]
+    long += any(sum(len(e.ids) for _, e in group) > room for group in encoded)
+    unknown += any(text_tokenizer.unknown_words(tokenizer, t, e) for group in encoded for t, e in group)
+
+  def share(k: int) -> str:
+    return f"{k} of the manifest's {len(records)} records ({k / max(len(records), 1):.1%})"
+
+  return [f"text: {share(long)} have a caption or answer longer than the room of {room} tokens that --config's "
+          "data.seq_len leaves beside the image tokens; training will cut them to their first tokens",
+          f"text: {share(unknown)} hold words the text tokenizer (config.data.tokenizer) does not know"]

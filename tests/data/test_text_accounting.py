@@ -131,3 +131,16 @@ def test_a_run_reports_a_cut_caption_once_and_its_share_at_the_end(tmp_path, cap
   assert "text: 4 of 16 records read (25.0%) held words the tokenizer does not know" in out
   _, scalars = tensorboard_scalars(workdir)
   assert scalars["data/truncated_fraction"][2] == 0.5 and scalars["data/unknown_words_fraction"][2] == 0.25
+
+
+def test_prepare_data_counts_the_manifest_texts_that_will_not_fit(tmp_path):
+  conversation = [{"from": "human", "value": "<image>\nwhat colour ?"}, {"from": "gpt", "value": LONG}]
+  entries = [{"image": "0.png", "caption": LONG}, {"image": "1.png", "conversations": conversation},
+             {"image": "2.png", "caption": "a red zebra"}, {"image": "3.png", "caption": "a red circle"}, {}]
+  manifest = tmp_path / "m.jsonl"
+  manifest.write_text("".join(json.dumps(e) + "\n" for e in entries))
+  assert text_accounting.manifest_lines(str(manifest), TOK, 21) == [
+      "text: 2 of the manifest's 4 records (50.0%) have a caption or answer longer than the room of 21 tokens that "
+      "--config's data.seq_len leaves beside the image tokens; training will cut them to their first tokens",
+      "text: 1 of the manifest's 4 records (25.0%) hold words the text tokenizer (config.data.tokenizer) does not know"]
+  assert text_accounting.manifest_lines(str(manifest), TOK, 60 + 3)[0].startswith("text: 0 of the manifest's 4")
