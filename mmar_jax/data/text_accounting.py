@@ -2,7 +2,7 @@
 
 `build_sequence` (in the workers) puts a note on each sequence (`NOTE`: where the record is, which
 text it used, that text's tokens and room, the tokens cut, the unknown words); this iterator, in
-the training process, takes the note off, counts, and logs the first record of each kind once,
+the training process, takes the note off, counts, and logs the first record of each kind once (per host),
 naming it. The counts are part of the iterator state, so a resumed run keeps counting where the
 saved one stopped (at another process count the stream restarts, and so do they, as the corrupt
 counts do). The loop writes the shares as TensorBoard scalars and an end-of-run summary.
