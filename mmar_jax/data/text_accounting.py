@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
@@ -107,8 +108,7 @@ def counts_of(iterator: grain.DatasetIterator) -> dict[str, int]:
 def global_counts(iterator: grain.DatasetIterator) -> dict[str, int]:
   """Every host's counts summed (a collective: all processes call it at the same step)."""
   local = np.asarray([counts_of(iterator)[k] for k in COUNTS], np.int64)
-  gathered = multihost_utils.process_allgather(local)
-  total = gathered.reshape(-1, len(COUNTS)).sum(axis=0)
+  total = multihost_utils.process_allgather(local).sum(axis=0) if jax.process_count() > 1 else local
   return {k: int(v) for k, v in zip(COUNTS, total)}
 
 
