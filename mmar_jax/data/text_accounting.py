@@ -53,7 +53,7 @@ class TextAccountingIterator(grain.DatasetIterator):
       c["cut_tokens"] += n["cut"]
       if c["cut"] == 1 and self._announce:  # Once a run: the count was restored with the iterator.
         have = "has" if n["text"] == "caption" else "have"
-        logging.warning("%s of %s %s %d tokens, room for %d: cut to its first %d (as LLaVA and MAR do); further "
+        logging.warning("%s of %s %s %d tokens, room for %d: cut to the first %d (as LLaVA and MAR do); further "
                         "cuts are counted, see the end-of-run summary", n["text"], n["where"], have, n["tokens"],
                         n["room"], n["room"])
     if n["unknown"]:

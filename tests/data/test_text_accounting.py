@@ -92,7 +92,7 @@ def test_the_stage_counts_logs_once_and_keeps_its_counts_across_a_resume(caplog)
   assert text_accounting.counts_of(resumed) == {"records": 8, "cut": 3, "cut_tokens": 27, "unknown": 2}
   messages = [r.getMessage() for r in caplog.records]
   assert [m for m in messages if "cut" in m] == [
-      "caption of m.jsonl:3 has 30 tokens, room for 21: cut to its first 21 (as LLaVA and MAR do); further cuts "
+      "caption of m.jsonl:3 has 30 tokens, room for 21: cut to the first 21 (as LLaVA and MAR do); further cuts "
       "are counted, see the end-of-run summary"]
   assert len([m for m in messages if "s[4]" in m and "['zebra']" in m]) == 1
   lines = text_accounting.summary_lines(text_accounting.counts_of(resumed), 21)
