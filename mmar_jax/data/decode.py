@@ -48,4 +48,5 @@ def decode_record(record: dict, image: images.ImageConfig) -> dict:
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL's ways to fail
     return corrupt(record, f"image unreadable: {type(e).__name__}: {e}")
   return {"image": loaded.pixels, "upscaled": loaded.upscaled, "caption": caption, "qa": qa,
-          "source": record.get("source", "?"), "index": int(record["index"])}
+          "source": record.get("source", "?"), "index": int(record["index"]),
+          **({"line": record["line"]} if "line" in record else {})}

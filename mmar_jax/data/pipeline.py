@@ -3,7 +3,8 @@
 Per host (`process_index` of `process_count`):
   MapDataset.source (its training records: holdout.py) -> seed -> shuffle (a new order each epoch)
   -> this host's slice -> repeat -> [MapDataset.mix of several such, mixture.py] -> random_map(decode + task sequence) -> to_iter_dataset -> mp_prefetch (worker processes) ->
-  skip corrupt -> pack (FirstFit) or pad -> row -> batch(batch_size // process_count) -> Batch
+  skip corrupt -> count cut / unknown text (text_accounting.py) -> pack (FirstFit) or pad -> row
+  -> batch(batch_size // process_count) -> Batch
 Everything after the workers is cheap numpy and stateful only through grain iterators, so the
 iterator's state (grain.checkpoint.CheckpointSave / CheckpointRestore in an Orbax checkpoint)
 resumes the exact batch sequence, whatever the number of workers.
@@ -25,7 +26,8 @@ from tokenizers import Tokenizer
 
 import grain
 from mmar_jax.batch import Batch
-from mmar_jax.data import decode, holdout, images, latent_source, mixture, sequences, synthetic, text_tokenizer
+from mmar_jax.data import (decode, holdout, images, latent_source, mixture, sequences, synthetic, text_accounting,
+                           text_tokenizer)
 from mmar_jax.data.manifest import ManifestSource
 from mmar_jax.data.tfds_source import TfdsConfig, TfdsSource
 from mmar_jax.data.corrupt import SkipCorruptIterDataset, SkipCorruptIterator
@@ -159,7 +161,7 @@ def build_dataset(config: PipelineConfig, tokenizer: Tokenizer, *, source=None, 
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   ds = training_records(config, source=source, process_index=process_index, process_count=process_count)
-  return _to_batches(ds, config, tokenizer, process_count, start=start)
+  return _to_batches(ds, config, tokenizer, process_count, start=start, announce=True)
 
 
 def training_records(config: PipelineConfig, *, source=None, process_index: int, process_count: int
@@ -191,11 +193,11 @@ def build_validation_dataset(config: PipelineConfig, tokenizer: Tokenizer, *, pr
                      f"a host, fewer than one batch ({host_batch_size(config, process_count)} rows): hold out more")
   # Padded rows: a packed row's contents would depend on its neighbours.
   unpacked = dataclasses.replace(config, num_workers=0, sequence=dataclasses.replace(config.sequence, packing=False))
-  return _to_batches(ds, unpacked, tokenizer, process_count, start=0)
+  return _to_batches(ds, unpacked, tokenizer, process_count, start=0, announce=False)
 
 
 def _to_batches(ds: grain.MapDataset, config: PipelineConfig, tokenizer: Tokenizer, process_count: int, *,
-                start: int) -> grain.IterDataset:
+                start: int, announce: bool) -> grain.IterDataset:
   seq = config.sequence
   pad_id = text_tokenizer.special_ids(tokenizer).pad
   if start:
@@ -209,6 +211,8 @@ def _to_batches(ds: grain.MapDataset, config: PipelineConfig, tokenizer: Tokeniz
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers,
                                                      per_worker_buffer_size=config.worker_buffer_size))
   ds = SkipCorruptIterDataset(ds, config.max_corrupt_fraction)
+  # The validation set is read again at every evaluation: its text is counted, not announced each time.
+  ds = text_accounting.TextAccountingIterDataset(ds, announce=announce)
   if seq.packing:
     lengths = {key: seq.seq_len for key in sequences.TOKEN_FEATURES}
     images = sequences.MOMENTS_FEATURES if config.reads_moments else sequences.IMAGE_FEATURES

@@ -16,8 +16,9 @@ import dataclasses
 import numpy as np
 from tokenizers import Tokenizer
 
-from mmar_jax.data.text_tokenizer import SpecialIds
 from mmar_jax import configs
+from mmar_jax.data import text_accounting, text_tokenizer
+from mmar_jax.data.text_tokenizer import SpecialIds
 
 UNDERSTANDING, GENERATION = 0, 1  # image_task values
 TEXT, IMAGE = 0, 1  # token_type values
@@ -52,13 +53,22 @@ class SequenceConfig:
                qa_turns=d.qa_turns)
 
   @property
+  def text_room(self) -> int:
+    """Text tokens a sequence can hold besides its N image slots and 3 fixed tokens."""
+    return self.seq_len - self.image_tokens - 3
+
+  @property
   def max_images(self) -> int:
     """Images a row can hold: 1 unpacked; packed, as many shortest sequences (N + 4 tokens) as fit."""
     return self.seq_len // (self.image_tokens + 4) if self.packing else 1
 
 
-def _encode(tokenizer: Tokenizer, text: str) -> list[int]:
-  return tokenizer.encode(text, add_special_tokens=False).ids if text else []
+def _encode(tokenizer: Tokenizer, text: str) -> tuple[list[int], list[str]]:
+  """The ids of `text` and its words the tokenizer does not know (text_tokenizer.unknown_words)."""
+  if not text:
+    return [], []
+  encoding = tokenizer.encode(text, add_special_tokens=False)
+  return encoding.ids, text_tokenizer.unknown_words(tokenizer, text, encoding)
 
 
 def build_sequence(record: dict, rng: np.random.Generator, config: SequenceConfig, tokenizer: Tokenizer,
@@ -70,28 +80,35 @@ def build_sequence(record: dict, rng: np.random.Generator, config: SequenceConfi
   random order, one turn after another as in LLaVA's multi-turn conversations [ours] (a
   caption-only record is understood as an empty prompt answered by its caption). Text is cut at
   the end so the sequence fits seq_len: turns that do not fit whole are left out, and the first
-  is cut to fit.
+  is cut to fit, so a record too long trains on its first tokens, as LLaVA and MAR train. It
+  is never cut silently: the sequence's note (text_accounting.NOTE) says how many tokens were
+  cut and which words the tokenizer does not know, for the training process to count.
   """
   n = config.image_tokens
-  room = config.seq_len - n - 3  # Text tokens a sequence can hold besides its 3 fixed ones.
+  room = config.text_room
   has_caption = bool(record.get("caption"))
   pairs = list(record.get("qa") or []) or [("", record["caption"])]
   generation = has_caption and rng.random() < config.generation_fraction
   slots = [ids.mask] * n
   if generation:
-    caption = [] if rng.random() < config.caption_dropout else _encode(tokenizer, record["caption"])[:room]
+    caption, unknown = ([], []) if rng.random() < config.caption_dropout else _encode(tokenizer, record["caption"])
+    text, text_tokens = "caption", len(caption)
+    caption = caption[:room]
     tokens = [ids.im_start] + caption + [ids.boi] + slots + [ids.eoi]
     image_start = len(caption) + 2
     # CE on the tokens predicted from <|im_start|> up to and including <boi>, if asked and kept.
     loss_targets = list(range(1, len(caption) + 2)) if config.caption_loss and caption else []
   else:
-    tokens, image_start, loss_targets = [ids.boi] + slots + [ids.eoi], 1, []
+    tokens, image_start, loss_targets, unknown = [ids.boi] + slots + [ids.eoi], 1, [], []
+    text, text_tokens = "question and answer" if record.get("qa") else "caption", 0
     for turn, pair in enumerate(rng.permutation(len(pairs))[:config.qa_turns]):
-      q, a = (_encode(tokenizer, text) for text in pairs[pair])
+      (q, unknown_q), (a, unknown_a) = (_encode(tokenizer, t) for t in pairs[pair])
       if turn == 0:
+        text_tokens = len(q) + len(a)
         q, a = q[:room - 1], a[:max(1, room - len(q))]  # The question yields room before the answer does.
       elif len(tokens) + len(q) + len(a) + 1 > config.seq_len:
         break
+      unknown += unknown_q + unknown_a
       tokens += q
       # CE on the answer and the <|im_end|> that closes it.
       loss_targets += range(len(tokens), len(tokens) + len(a) + 1)
@@ -112,6 +129,7 @@ def build_sequence(record: dict, rng: np.random.Generator, config: SequenceConfi
       **({"image_moments": record["moments"][None]} if "moments" in record else {"images": record["image"][None]}),
       "image_task": np.asarray([GENERATION if generation else UNDERSTANDING], np.int32),
       "record_index": np.asarray([record["index"]], np.int32),
+      text_accounting.NOTE: text_accounting.note(record, text, text_tokens, room, unknown),
   }
 
 
@@ -128,6 +146,8 @@ def pad_sequence(sequence: dict[str, np.ndarray], config: SequenceConfig, pad_id
   for key in image_features(sequence):
     row[key] = sequence[key]
   row["image_valid"] = np.ones(1, bool)
+  if text_accounting.NOTE in sequence:
+    row[text_accounting.NOTE] = sequence[text_accounting.NOTE]
   return row
 
 

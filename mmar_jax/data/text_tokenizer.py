@@ -11,7 +11,7 @@ import dataclasses
 import os
 
 from etils import epath
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Encoding, Tokenizer, models, pre_tokenizers
 
 from mmar_jax.data import synthetic
 
@@ -114,6 +114,22 @@ def check_vocab_size(tokenizer: Tokenizer, vocab_size: int) -> None:
                      f"size {size} (special tokens included); raise config.model.vocab_size to >= {size}")
 
 
+def unknown_words(tokenizer: Tokenizer, text: str, encoding: Encoding) -> list[str]:
+  """The words of `text` that its `encoding` maps to the tokenizer's unknown token (the demo's `[UNK]`).
+
+  The one rule for words outside the vocabulary, in training and in inference alike: the words
+  are the same, and neither lets them pass unnoticed. Inference refuses the prompt naming them
+  (`encode_words`: the user can rephrase at once); training, which cannot ask, trains the record
+  with `[UNK]` in their place and counts it (text_accounting.py). Byte-level BPE (Qwen2's) has no
+  unknown token, so with it there are never any.
+  """
+  unk = getattr(tokenizer.model, "unk_token", None)
+  unk_id = tokenizer.token_to_id(unk) if unk else None
+  if unk_id is None:
+    return []
+  return [text[a:b] for i, (a, b) in zip(encoding.ids, encoding.offsets) if i == unk_id]
+
+
 def encode_words(tokenizer: Tokenizer, text: str, where: str) -> list[int]:
   """The ids of a user's `text` (no special tokens added); fails naming `where` and the words at fault.
 
@@ -122,11 +138,10 @@ def encode_words(tokenizer: Tokenizer, text: str, where: str) -> list[int]:
   sequences may place.
   """
   encoding = tokenizer.encode(text, add_special_tokens=False)
-  unk = getattr(tokenizer.model, "unk_token", None)
-  unk_id = tokenizer.token_to_id(unk) if unk else None
-  unknown = [text[a:b] for i, (a, b) in zip(encoding.ids, encoding.offsets) if i == unk_id]
+  unknown = unknown_words(tokenizer, text, encoding)
   if unknown:
-    raise ValueError(f"{where}: the tokenizer does not know the words {unknown} (it would read them as {unk})")
+    raise ValueError(f"{where}: the tokenizer does not know the words {unknown} (it would read them as "
+                     f"{tokenizer.model.unk_token})")
   special = {i for i, token in tokenizer.get_added_tokens_decoder().items() if token.special}
   written = [token for i, token in zip(encoding.ids, encoding.tokens) if i in special]
   if written:

@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from mmar_jax import checkpoint
-from mmar_jax.data import pipeline, sequences
+from mmar_jax.data import pipeline, sequences, text_accounting
 from mmar_jax.models import lora
 from mmar_jax.models.mmar import MMARConfig, head_slots
 from mmar_jax.train import assets, checkpointing, experiment, flops, metrics, optimizer, sharding
@@ -224,7 +224,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Tru
                      out_shardings=(run.state_shardings, None), donate_argnums=0)
   writer = metrics.Writer(metrics.logdir(workdir))
   validate = _validation(run, tokenizer_params, writer)
-  window = _Window(writer, config, metrics.peak_flops_per_device(jax.devices()[0], t.peak_flops_per_device))
+  window = _Window(writer, config, metrics.peak_flops_per_device(jax.devices()[0], t.peak_flops_per_device),
+                   lambda: text_accounting.scalars(text_accounting.global_counts(data_iterator)))
   reason = "done"
   progress = tqdm.tqdm(total=stop_at, initial=step, desc="train", unit="step", disable=jax.process_index() != 0,
                        dynamic_ncols=True)
@@ -263,6 +264,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Tru
     writer.close()
   if reason == "done" and eval_fn is not None and t.eval_every and step % t.eval_every:
     eval_fn(exp, eval_params(state), step)
+  _report_text(config, data_iterator)
   return RunResult(start_step=start_step, step=step, reason=reason, last_metrics=window.last)
 
 
@@ -297,11 +299,20 @@ def _validation(run: Run, tokenizer_params, writer: metrics.Writer):
   return validate
 
 
+def _report_text(config: ml_collections.ConfigDict, data_iterator) -> None:
+  """The end-of-run lines on text cut to fit and unknown words, over every host (data/text_accounting.py)."""
+  counts = text_accounting.global_counts(data_iterator)
+  if jax.process_index() == 0:
+    room = sequences.SequenceConfig.from_config(config).text_room
+    print("\n".join(text_accounting.summary_lines(counts, room)), flush=True)
+
+
 class _Window:
   """Accumulates steps between metric writes; checks the non-finite skip limit every step."""
 
-  def __init__(self, writer: metrics.Writer, config: ml_collections.ConfigDict, peak: float | None):
-    self.writer, self.config, self.peak = writer, config, peak
+  def __init__(self, writer: metrics.Writer, config: ml_collections.ConfigDict, peak: float | None,
+               data_scalars: Callable[[], dict[str, float]]):
+    self.writer, self.config, self.peak, self.data_scalars = writer, config, peak, data_scalars
     self.row_flops = training_flops_per_row(config)
     self.last: dict[str, float] = {}
     self._reset(time.perf_counter())
@@ -329,6 +340,7 @@ class _Window:
                                      flops=rows * self.row_flops, num_devices=jax.device_count(), peak=self.peak))
     logged.update(step_time_s=seconds / self.steps, ce_weight=self.config.loss.ce_weight,
                   diffusion_weight=self.config.loss.diffusion_weight)
+    logged.update(self.data_scalars())
     self.writer.scalars(step, logged)
     self.last = logged
     self._reset(now)
