@@ -1,7 +1,7 @@
 """Decoding a source record into pixels and texts, or into a `corrupt` marker saying why not.
 
 Runs in grain's worker processes. A failure never raises here: the record becomes a marker
-({'corrupt': reason, 'source', 'index'}) that `SkipCorruptIterator` (corrupt.py) counts and logs in
+({'corrupt': reason, 'source', 'index'[, 'line']}) that `SkipCorruptIterator` (corrupt.py) counts and logs in
 the training process, where the count can stop the run.
 """
 
@@ -15,8 +15,9 @@ from PIL import Image
 
 
 def corrupt(record: dict, reason: str) -> dict:
-  """The marker that stands in for a record that could not be decoded."""
-  return {"corrupt": reason, "source": str(record.get("source", "?")), "index": int(record.get("index", -1))}
+  """The marker that stands in for a record that could not be decoded (with its manifest line, for messages)."""
+  marker = {"corrupt": reason, "source": str(record.get("source", "?")), "index": int(record.get("index", -1))}
+  return marker | ({"line": int(record["line"])} if "line" in record else {})
 
 
 def load_image(image, image_size: int) -> UInt8[np.ndarray, "s s 3"]:
