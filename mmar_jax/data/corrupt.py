@@ -57,11 +57,12 @@ class SkipCorruptIterator(grain.DatasetIterator):
   """
 
   def __init__(self, parent: grain.DatasetIterator, max_fraction: float, min_records: int,
-               records_per_epoch: tuple[int, ...] | None = None):
+               records_per_epoch: tuple[int, ...] | None = None, warned: set[tuple[str, int]] | None = None):
     super().__init__(parent)
     self._max_fraction = max_fraction
     self._min_records = min_records
     self._per_epoch = records_per_epoch
+    self._warned = set() if warned is None else warned  # (source, index) warned about, shared by a dataset's iterators.
     self._reads = [0] * (len(records_per_epoch) if records_per_epoch else 1)  # Per stream, repeats included.
     self._skips = 0  # Corrupt reads, repeats included.
     self._bad: dict[str, set[int]] = {}  # Source -> indices of its bad records.
@@ -88,6 +89,9 @@ class SkipCorruptIterator(grain.DatasetIterator):
     kind = reason_kind(marker)
     self._reasons[kind] = self._reasons.get(kind, 0) + 1
     self._last = f"{where(marker)}: {marker['corrupt']}"
+    if (marker["source"], marker["index"]) in self._warned:
+      return  # Warned about by an earlier pass of the same dataset (the validation records, every evaluation).
+    self._warned.add((marker["source"], marker["index"]))
     logging.warning("skipping corrupt record %s (%d bad of %d records so far; each is skipped every epoch, "
                     "reported once)", self._last, self.bad_records, self.distinct_records)
 
@@ -140,7 +144,10 @@ class SkipCorruptIterator(grain.DatasetIterator):
 
 
 class SkipCorruptIterDataset(grain.IterDataset):
-  """Drops elements that are corrupt markers ({'corrupt': reason, 'source', 'index'[, 'line']})."""
+  """Drops elements that are corrupt markers ({'corrupt': reason, 'source', 'index'[, 'line']}).
+
+  Each iterator counts on its own; a record is warned about once whichever of them meets it.
+  """
 
   def __init__(self, parent: grain.IterDataset, max_fraction: float,
                min_records: int = MIN_RECORDS_BEFORE_CHECK, records_per_epoch: tuple[int, ...] | None = None):
@@ -148,9 +155,11 @@ class SkipCorruptIterDataset(grain.IterDataset):
     self._max_fraction = max_fraction
     self._min_records = min_records
     self._per_epoch = records_per_epoch
+    self._warned: set[tuple[str, int]] = set()
 
   def __iter__(self) -> SkipCorruptIterator:
-    return SkipCorruptIterator(self._parent.__iter__(), self._max_fraction, self._min_records, self._per_epoch)
+    return SkipCorruptIterator(self._parent.__iter__(), self._max_fraction, self._min_records, self._per_epoch,
+                               self._warned)
 
   def __str__(self) -> str:
     return f"SkipCorruptIterDataset(max_fraction={self._max_fraction})"

@@ -113,3 +113,16 @@ def test_the_summary_table_and_the_scalars():
 ])
 def test_reason_kinds_drop_the_particulars(marker, kind):
   assert corrupt.reason_kind(marker) == kind
+
+
+def test_passes_of_one_dataset_warn_once_and_count_each(caplog):
+  # The validation records are read afresh at every evaluation, each time by a new iterator.
+  ds = corrupt.SkipCorruptIterDataset(grain.MapDataset.source(records(10, BAD)).map(dict).to_iter_dataset(), 0.5,
+                                      records_per_epoch=(10,))
+  with caplog.at_level(logging.WARNING):
+    passes = [list(ds) for _ in range(3)]
+  assert all(len(p) == 8 for p in passes)
+  assert len(warnings_of(caplog)) == 2, warnings_of(caplog)
+  it = iter(ds)
+  list(it)
+  assert it.counts["corrupt"] == 2 and it.counts["reads"] == 10
