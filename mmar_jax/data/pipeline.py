@@ -26,10 +26,9 @@ from tokenizers import Tokenizer
 
 import grain
 from mmar_jax.batch import Batch
-from mmar_jax.data import decode, holdout, latent_source, mixture, sequences, synthetic, text_tokenizer
+from mmar_jax.data import corrupt, decode, holdout, latent_source, mixture, sequences, synthetic, text_tokenizer
 from mmar_jax.data.manifest import ManifestSource
 from mmar_jax.data.tfds_source import TfdsConfig, TfdsSource
-from mmar_jax.data import corrupt
 from mmar_jax.train import mesh as mesh_lib
 
 @dataclasses.dataclass(frozen=True)

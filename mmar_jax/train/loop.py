@@ -259,8 +259,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Tru
       bar.set_postfix(window.postfix(), refresh=True)
       run.save(state, force=True)
   finally:
-    # Stops grain's worker processes before anything else is printed, whatever ends the run: left
-    # to the interpreter's exit they meet closed pipes (OSError tracebacks) and leak shared memory.
+    # Stops grain's worker processes now, whatever ends the run (an error, SIGTERM, the last step),
+    # so that none outlives the message that says why; left to the interpreter's exit they may not stop cleanly.
     data_iterator.close()
     mngr.wait_until_finished()
     bar.close()
