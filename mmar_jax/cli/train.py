@@ -9,6 +9,7 @@ process ends the others with one line (exit 75) instead of jax's fatal abort.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -95,12 +96,14 @@ def main(argv):
       raise FileExistsError(f"--noresume but {steps_dir} holds steps {steps}; choose a new --workdir")
   if _RESUME.value:
     match_checkpoint_model(config, workdir, steps_dir)
+  stopped = None
   try:
     result = loop.train(config, workdir, resume=_RESUME.value, start_over=_START_OVER.value,
                         eval_fn=loop.default_eval_fn(config, workdir))
-  except (loop.TrainingDiverged, CorruptDataError) as e:
-    print(f"mmar-jax train: stopped: {e}", file=sys.stderr)
-    sys.exit(1)
+  except CorruptDataError as e:  # The data are at fault: bad input (exit 2); the message names the last bad record.
+    stopped = (str(e), 2)
+  except loop.TrainingDiverged as e:
+    stopped = (str(e), 1)
   except jax.errors.JaxRuntimeError as e:
     if jax.process_count() == 1:
       raise
@@ -111,6 +114,11 @@ def main(argv):
                   str(e).splitlines()[0] if str(e) else type(e).__name__)
     time.sleep(config.distributed.heartbeat_timeout_s + 30)
     os._exit(supervisor.LOST_EXIT)
+  if stopped is not None:
+    # Exits outside the except clause: the exception's traceback holds rows still in grain's shared
+    # memory, which kept alive to the interpreter's exit would be reported as leaked.
+    print(f"mmar-jax train: stopped: {stopped[0]}", file=sys.stderr)
+    sys.exit(stopped[1])
   messages = {"done": f"finished at step {result.step}",
               "time_limit": f"stopped at step {result.step} (config.train.time_limit_s); rerun to continue",
               "preempted": f"preempted (SIGTERM) at step {result.step}; checkpoint saved, rerun to resume"}

@@ -4,7 +4,7 @@ The pixels are `images.load_image`'s (orientation, transparency, modes, the crop
 function the latent cache and describe use.
 
 Runs in grain's worker processes. A failure never raises here: the record becomes a marker
-({'corrupt': reason, 'source', 'index'}) that `SkipCorruptIterator` (corrupt.py) counts and logs in
+({'corrupt': reason, 'source', 'index'[, 'line']}) that `SkipCorruptIterator` (corrupt.py) counts and logs in
 the training process, where the count can stop the run.
 """
 
@@ -16,8 +16,9 @@ from mmar_jax.data import images
 
 
 def corrupt(record: dict, reason: str) -> dict:
-  """The marker that stands in for a record that could not be decoded."""
-  return {"corrupt": reason, "source": str(record.get("source", "?")), "index": int(record.get("index", -1))}
+  """The marker that stands in for a record that could not be decoded (with its manifest line, for messages)."""
+  marker = {"corrupt": reason, "source": str(record.get("source", "?")), "index": int(record.get("index", -1))}
+  return marker | ({"line": int(record["line"])} if "line" in record else {})
 
 
 def clean_texts(record: dict) -> tuple[str, list[tuple[str, str]], str | None]:

@@ -16,6 +16,7 @@ there); `to_global` makes jax.Arrays of it over the mesh's data axes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -26,11 +27,10 @@ from tokenizers import Tokenizer
 
 import grain
 from mmar_jax.batch import Batch
-from mmar_jax.data import (decode, holdout, images, latent_source, mixture, sequences, synthetic, text_accounting,
-                           text_tokenizer)
+from mmar_jax.data import (corrupt, decode, holdout, images, latent_source, mixture, sequences, synthetic,
+                           text_accounting, text_tokenizer)
 from mmar_jax.data.manifest import ManifestSource
 from mmar_jax.data.tfds_source import TfdsConfig, TfdsSource
-from mmar_jax.data.corrupt import SkipCorruptIterDataset, SkipCorruptIterator
 from mmar_jax.train import mesh as mesh_lib
 
 @dataclasses.dataclass(frozen=True)
@@ -121,12 +121,16 @@ class RecordToSequence(grain.transforms.RandomMap):
     self._ids = text_tokenizer.special_ids(tokenizer)
 
   def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+    stream = element.get(corrupt.STREAM, 0)
     if self._config.reads_moments:
       record = latent_source.decode_record(element)
     else:
       record = decode.decode_record(element, self._config.image)
     if "corrupt" in record:
-      return record
+      return {**record, corrupt.STREAM: stream}
+    return {**self._sequence(record, rng), corrupt.STREAM: stream}  # The skip stage counts by stream, drops it.
+
+  def _sequence(self, record: dict, rng: np.random.Generator) -> dict:
     seq = sequences.build_sequence(record, rng, self._config.sequence, self._tokenizer, self._ids)
     # MAR's random flip of cached moments, drawn after the sequence so that the task draws are
     # those a pixel source of the same records gets from the same seed.
@@ -143,11 +147,16 @@ def host_batch_size(config: PipelineConfig, process_count: int) -> int:
   return config.batch_size // process_count
 
 
+def _with_stream(stream: int, record: dict) -> dict:
+  return {**record, corrupt.STREAM: stream}
+
+
 def _training_stream(source, seed: int, process_index: int, process_count: int) -> grain.MapDataset:
+  """One epoch of this host's records of `source`, shuffled anew each time it repeats."""
   # Shuffle before slicing: every host draws the same permutation per epoch and takes its own
   # stride of it, so hosts are disjoint within an epoch and together cover it.
   ds = grain.MapDataset.source(source).seed(seed).shuffle()
-  return ds[process_index::process_count].repeat(None)  # Reseeds the shuffle every epoch.
+  return ds[process_index::process_count]
 
 
 def build_dataset(config: PipelineConfig, tokenizer: Tokenizer, *, source=None, process_index: int | None = None,
@@ -160,20 +169,31 @@ def build_dataset(config: PipelineConfig, tokenizer: Tokenizer, *, source=None, 
   """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  ds = training_records(config, source=source, process_index=process_index, process_count=process_count)
-  return _to_batches(ds, config, tokenizer, process_count, start=start, announce=True)
+  ds, per_epoch = _training_records(config, source, process_index, process_count)
+  return _to_batches(ds, config, tokenizer, process_count, start=start, announce=True, records_per_epoch=per_epoch)
 
 
 def training_records(config: PipelineConfig, *, source=None, process_index: int, process_count: int
                      ) -> grain.MapDataset:
   """This host's infinite stream of raw training records: each source's records less the held-out
   ones, shuffled per epoch, and for a mixture interleaved by grain in proportion to the weights."""
+  return _training_records(config, source, process_index, process_count)[0]
+
+
+def _training_records(config: PipelineConfig, source, process_index: int, process_count: int
+                      ) -> tuple[grain.MapDataset, tuple[int, ...]]:
+  """`training_records` and each stream's records per epoch on this host (the skip stage's distinct counts)."""
   weighted = make_sources(config) if source is None else [(source, 1.0)]
   if config.validation_fraction:
     weighted = [(holdout.split(s, config.validation_fraction)[0], w) for s, w in weighted]
   # Each source its own seed, so two mixed copies of one source are not shuffled alike.
-  streams = [_training_stream(s, config.seed + k, process_index, process_count) for k, (s, _) in enumerate(weighted)]
-  return streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, [w for _, w in weighted])
+  epochs = [_training_stream(s, config.seed + k, process_index, process_count) for k, (s, _) in enumerate(weighted)]
+  per_epoch = tuple(len(epoch) for epoch in epochs)
+  streams = [epoch.repeat(None) for epoch in epochs]  # Reseeds the shuffle every epoch.
+  if len(streams) == 1:
+    return streams[0], per_epoch
+  tagged = [stream.map(functools.partial(_with_stream, k)) for k, stream in enumerate(streams)]
+  return grain.MapDataset.mix(tagged, [w for _, w in weighted]), per_epoch
 
 
 def build_validation_dataset(config: PipelineConfig, tokenizer: Tokenizer, *, process_index: int | None = None,
@@ -193,11 +213,11 @@ def build_validation_dataset(config: PipelineConfig, tokenizer: Tokenizer, *, pr
                      f"a host, fewer than one batch ({host_batch_size(config, process_count)} rows): hold out more")
   # Padded rows: a packed row's contents would depend on its neighbours.
   unpacked = dataclasses.replace(config, num_workers=0, sequence=dataclasses.replace(config.sequence, packing=False))
-  return _to_batches(ds, unpacked, tokenizer, process_count, start=0, announce=False)
+  return _to_batches(ds, unpacked, tokenizer, process_count, start=0, announce=False, records_per_epoch=(len(ds),))
 
 
 def _to_batches(ds: grain.MapDataset, config: PipelineConfig, tokenizer: Tokenizer, process_count: int, *,
-                start: int, announce: bool) -> grain.IterDataset:
+                start: int, announce: bool, records_per_epoch: tuple[int, ...]) -> grain.IterDataset:
   seq = config.sequence
   pad_id = text_tokenizer.special_ids(tokenizer).pad
   if start:
@@ -210,7 +230,7 @@ def _to_batches(ds: grain.MapDataset, config: PipelineConfig, tokenizer: Tokeniz
       flags.FLAGS(["mmar-jax"], known_only=True)
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers,
                                                      per_worker_buffer_size=config.worker_buffer_size))
-  ds = SkipCorruptIterDataset(ds, config.max_corrupt_fraction)
+  ds = corrupt.SkipCorruptIterDataset(ds, config.max_corrupt_fraction, records_per_epoch=records_per_epoch)
   # The validation set is read again at every evaluation: its text is counted, not announced each time.
   ds = text_accounting.TextAccountingIterDataset(ds, announce=announce)
   if seq.packing:
@@ -227,12 +247,12 @@ def _to_batches(ds: grain.MapDataset, config: PipelineConfig, tokenizer: Tokeniz
   return ds.batch(host_batch_size(config, process_count), drop_remainder=True).map(lambda rows: Batch(**rows))
 
 
-def corrupt_counts(iterator: grain.DatasetIterator) -> dict[str, int]:
-  """{'seen', 'corrupt'} records of this host so far, read from the pipeline's skip stage."""
+def corrupt_counts(iterator: grain.DatasetIterator) -> dict[str, Any]:
+  """This host's record counts so far (SkipCorruptIterator.counts), read from the pipeline's skip stage."""
   stack = [iterator]
   while stack:
     it = stack.pop()
-    if isinstance(it, SkipCorruptIterator):
+    if isinstance(it, corrupt.SkipCorruptIterator):
       return it.counts
     stack.extend(getattr(it, "_parents", ()))
   raise ValueError("the iterator has no corrupt-record stage; was it made by build_dataset?")

@@ -56,7 +56,12 @@ def manager(directory: str | os.PathLike, train_config: ml_collections.ConfigDic
       max_to_keep=None if read_only else train_config.keep_checkpoints,
       save_interval_steps=0 if read_only else 1, enable_async_checkpointing=True, create=not read_only,
       cleanup_tmp_directories=not read_only, read_only=read_only)
-  return ocp.CheckpointManager(checkpoint.path_of(directory), options=options, item_names=checkpoint.TRAINING_ITEMS)
+  mngr = ocp.CheckpointManager(checkpoint.path_of(directory), options=options, item_names=checkpoint.TRAINING_ITEMS)
+  # Orbax removes a previous run's unfinished saves in a thread that nothing awaits before the first
+  # save: a run that stops sooner (bad data, a bad source) races the interpreter's exit, and the
+  # thread prints a traceback after the one-line error. Awaited here, at the cost of a listing.
+  getattr(mngr, "_maybe_await_cleanup_tmp_directory", lambda: None)()
+  return mngr
 
 
 def unfinished_saves(directory: str | os.PathLike) -> list[int]:

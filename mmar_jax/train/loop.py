@@ -24,10 +24,10 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from mmar_jax import checkpoint
-from mmar_jax.data import pipeline, sequences, text_accounting
+from mmar_jax.data import corrupt, pipeline, sequences, text_accounting
 from mmar_jax.models import lora
 from mmar_jax.models.mmar import MMARConfig, head_slots
-from mmar_jax.train import assets, checkpointing, experiment, flops, metrics, optimizer, sharding
+from mmar_jax.train import assets, checkpointing, experiment, flops, metrics, optimizer, progress, sharding
 from mmar_jax.train import ema as ema_lib
 from mmar_jax.train import state as state_lib
 from mmar_jax.train import step as step_lib
@@ -225,22 +225,23 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Tru
   writer = metrics.Writer(metrics.logdir(workdir))
   validate = _validation(run, tokenizer_params, writer)
   window = _Window(writer, config, metrics.peak_flops_per_device(jax.devices()[0], t.peak_flops_per_device),
-                   lambda: text_accounting.scalars(text_accounting.global_counts(data_iterator)))
+                   lambda: corrupt.scalars(pipeline.corrupt_counts(data_iterator))
+                   | text_accounting.scalars(text_accounting.global_counts(data_iterator)))
   reason = "done"
-  progress = tqdm.tqdm(total=stop_at, initial=step, desc="train", unit="step", disable=jax.process_index() != 0,
-                       dynamic_ncols=True)
+  bar = tqdm.tqdm(total=stop_at, initial=step, desc="train", unit="step", disable=jax.process_index() != 0,
+                  dynamic_ncols=True)
   pending = None  # (step, metrics) of the previous step: read one step late so dispatch stays ahead.
   try:
-    with _Preemption() as preemption, sharding.activate(mesh, rules):
+    with _Preemption() as preemption, sharding.activate(mesh, rules), progress.logs_above_the_bar():
       while step < stop_at:
         batch = pipeline.to_global(next(data_iterator), mesh, rules)
         state, step_metrics = jitted(state, batch, tokenizer_params)
         step += 1
         if pending is not None:
           window.add(*pending, mngr)
-          progress.set_postfix(window.postfix(), refresh=False)
+          bar.set_postfix(window.postfix(), refresh=False)
         pending = (step, step_metrics)
-        progress.update(1)
+        bar.update(1)
         if step % t.checkpoint_every == 0:
           run.save(state)
         if t.eval_every and step % t.eval_every == 0:
@@ -256,12 +257,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Tru
         validate(eval_params(state), step)
       if pending is not None:
         window.add(*pending, mngr, final=True)
-      progress.set_postfix(window.postfix(), refresh=True)
+      bar.set_postfix(window.postfix(), refresh=True)
       run.save(state, force=True)
   finally:
+    # Stops grain's worker processes now, whatever ends the run (an error, SIGTERM, the last step),
+    # so that none outlives the message that says why; left to the interpreter's exit they may not stop cleanly.
+    data_iterator.close()
     mngr.wait_until_finished()
-    progress.close()
+    bar.close()
     writer.close()
+    if jax.process_index() == 0:
+      print("\n".join(corrupt.summary_lines(pipeline.corrupt_counts(data_iterator))), flush=True)
   if reason == "done" and eval_fn is not None and t.eval_every and step % t.eval_every:
     eval_fn(exp, eval_params(state), step)
   _report_text(config, data_iterator)
@@ -308,7 +314,11 @@ def _report_text(config: ml_collections.ConfigDict, data_iterator) -> None:
 
 
 class _Window:
-  """Accumulates steps between metric writes; checks the non-finite skip limit every step."""
+  """Accumulates steps between metric writes; checks the non-finite skip limit every step.
+
+  `data_scalars`: the data iterator's record and text counts (data/corrupt.py, data/text_accounting.py),
+  written with the metrics.
+  """
 
   def __init__(self, writer: metrics.Writer, config: ml_collections.ConfigDict, peak: float | None,
                data_scalars: Callable[[], dict[str, float]]):
