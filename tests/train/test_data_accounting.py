@@ -72,8 +72,9 @@ def test_a_run_reports_its_bad_records_in_a_table_and_in_tensorboard(tmp_path, c
                        "train.num_steps=2", "train.log_every=2")
   assert loop.train(config, workdir).reason == "done"
   out = capsys.readouterr().out
-  table = out[out.index("data (this host):"):].splitlines()
-  rows = {line.rsplit(None, 1)[0].strip(): int(line.rsplit(None, 1)[1].replace(",", "")) for line in table[1:]}
+  lines = out[out.index("data (this host):"):].splitlines()[1:]
+  table = lines[:next((i for i, line in enumerate(lines) if not line.startswith(" ")), len(lines))]  # Then text:.
+  rows = {line.rsplit(None, 1)[0].strip(): int(line.rsplit(None, 1)[1].replace(",", "")) for line in table}
   assert rows["distinct records"] == 12 and rows["records read"] >= 18, out
   assert rows["bad records skipped"] == 2 and rows["image missing"] == 1 and rows["line is not JSON"] == 1, out
   _, scalars = tensorboard_scalars(workdir)
