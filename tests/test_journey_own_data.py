@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.resources
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -50,7 +51,7 @@ def photo(name: str) -> Image.Image:
 
 
 def write_photos(root) -> None:
-  """Twelve usable photographs in every mode a folder holds, eight bad records, and the manifest."""
+  """Eleven usable photographs in the modes a folder holds, 14 good records, seven bad ones, the manifest."""
   img = root / "img"
   img.mkdir()
   photo("astronaut.png").save(img / "astronaut.png")
@@ -101,28 +102,46 @@ def test_own_photographs_from_a_manifest_to_generated_and_described_images(tmp_p
   tok = f"data.tokenizer={tmp_path / 'tokenizer.json'}"
   config = tiny.config(*KL16, f"tokenizer.vae_checkpoint={tmp_path / 'vae'}")
   data.write_vae(config)  # A random KL-16 VAE in the layout convert-vae writes.
-  vae = [f"--config.{o}" for o in KL16[:-2] + (tok, f"tokenizer.vae_checkpoint={tmp_path / 'vae'}")]
+  vae = [f"--config.{o}" for o in KL16[:-2] + (tok, "data.seq_len=40", f"tokenizer.vae_checkpoint={tmp_path / 'vae'}")]
   prep = mmar_jax("prepare-data", "--cache-latents", f"--manifest={tmp_path / 'manifest.jsonl'}",
                   f"--out={tmp_path / 'latents'}", "--batch-size=8", "--config=configs/demo.py", *vae)
-  print(prep)
+  assert re.search(r"latents: 14 records in 1 shards \(complete; 0 of them finished by an earlier run\), 7 skipped$",
+                   prep, re.M), prep
+  for reason in ("entry has no 'image' path", "image missing", "image too small", "image unreadable",
+                 "line is not JSON", "line is not UTF-8", "no caption and no answer"):
+    assert f"  skipped 1: {reason}\n" in prep, (reason, prep)
+  assert "1 of the records written were upscaled (smaller than the target size)" in prep
+  assert re.search(r"^text: 1 of the manifest's \d+ records \([\d.]+%\) have a caption or answer longer than the room "
+                   r"of 21 tokens", prep, re.M), prep
+  assert re.search(r"^text: 1 of the manifest's \d+ records \([\d.]+%\) hold words the text tokenizer", prep, re.M), prep
 
   workdir = str(tmp_path / "run")
-  overrides = [f"--config.{o}" for o in tiny.OVERRIDES + KL16 + HF_ARCH[:-1] + (tok, 
-      "data.seq_len=40", f"tokenizer.vae_checkpoint={tmp_path / 'vae'}", "data.source=latents",
-      f"data.latents_dir={tmp_path / 'latents'}", "train.num_steps=4", "train.eval_every=2",
-      "data.batch_size=4", "data.validation_fraction=0.4", "mesh.fsdp=2", "mesh.tensor=2")]
+  overrides = [f"--config.{o}" for o in tiny.OVERRIDES + KL16 + HF_ARCH[:-1] + (
+      tok, f"tokenizer.vae_checkpoint={tmp_path / 'vae'}", "data.source=latents",
+      f"data.latents_dir={tmp_path / 'latents'}", "train.num_steps=4", "train.eval_every=2", "data.batch_size=4",
+      "data.validation_fraction=0.4", "mesh.fsdp=2", "mesh.tensor=2")]
   init = mmar_jax("init-from-hf", f"--hf-dir={hf_dir}", f"--workdir={workdir}", "--config=configs/demo.py", *overrides)
-  print(init)
-  command = shlex.split([l for l in init.splitlines() if l.strip().startswith("mmar-jax train")][-1])
+  assert "the table grows from 97 to 128 rows" in init
+  # The printed command, run as printed.
+  command = shlex.split([line for line in init.splitlines() if line.strip().startswith("mmar-jax train")][-1])
   train = mmar_jax(*command[1:])
-  print(train)
-  assert "finished at step 4" in train
+  assert "mesh data=2 x fsdp=2 x tensor=2 (8 devices)" in train and "finished at step 4" in train, train
+  for step in (2, 4):
+    assert re.search(rf"^step {step}: validation on \d+ batches: val/ce [\d.]+, val/loss [\d.]+", train, re.M), train
+  # The cache holds good records only; the text table counts the long caption and the unknown words.
+  assert re.search(r"^data \(this host\):\n  records read +\d+\n  distinct records +\d+\n  bad records skipped +0$",
+                   train, re.M), train
+  assert re.search(r"^text: \d+ of \d+ records read \([\d.]+%\) had a caption or answer longer than its room of 21 "
+                   r"tokens", train, re.M), train
+  assert re.search(r"^text: \d+ of \d+ records read \([\d.]+%\) held words the tokenizer does not know", train,
+                   re.M), train
   _, scalars = tensorboard_scalars(workdir)
-  assert set(scalars["val/loss"]) >= {2, 4}, scalars.keys()
+  assert set(scalars["val/loss"]) == {2, 4} and all(v > 0 for v in scalars["val/loss"].values()), scalars.keys()
 
   gen = mmar_jax("generate", f"--ckpt={workdir}", f"--prompt={CAPTION}", f"--out={tmp_path / 'g.png'}",
                  "--steps=3", "--sampling-steps=5", "--num-images=1", "--batch-size=1")
-  print(gen)
+  assert "(1 images: 1 captions x 1, checkpoint step 4)" in gen, gen
+  assert Image.open(tmp_path / "g_0.png").size == (data.SIZE, data.SIZE)
   desc = mmar_jax("describe", f"--ckpt={workdir}", f"--image={tmp_path / 'img' / 'astronaut.png'}")
-  print(desc)
-  assert False
+  answer = [line for line in desc.splitlines() if line.strip() and not line.startswith(("describe", "W1", "I1"))]
+  assert answer and re.fullmatch(r"(w\d+ ?)+", answer[-1].strip()), desc
