@@ -25,7 +25,7 @@ from tests.train import tiny
 from tests.train.test_local_launch import tensorboard_scalars
 from tests.train.test_train_cli import HF_ARCH
 
-pytestmark = pytest.mark.slow  # Five commands, a compile each: about two minutes on 2 cores.
+pytestmark = pytest.mark.slow  # Five commands, a compile each: about a minute on 2 cores.
 
 KL16 = tuple(f"{k}={v}" for k, v in data.VAE.items()) + ("data.min_image_size=8", "model.dtype=float32",
                                                          "head.dtype=float32")
@@ -113,7 +113,8 @@ def test_own_photographs_from_a_manifest_to_generated_and_described_images(tmp_p
   assert "1 of the records written were upscaled (smaller than the target size)" in prep
   assert re.search(r"^text: 1 of the manifest's \d+ records \([\d.]+%\) have a caption or answer longer than the room "
                    r"of 21 tokens", prep, re.M), prep
-  assert re.search(r"^text: 1 of the manifest's \d+ records \([\d.]+%\) hold words the text tokenizer", prep, re.M), prep
+  assert re.search(r"^text: 1 of the manifest's \d+ records \([\d.]+%\) hold words the text tokenizer", prep,
+                   re.M), prep
 
   workdir = str(tmp_path / "run")
   overrides = [f"--config.{o}" for o in tiny.OVERRIDES + KL16 + HF_ARCH[:-1] + (
