@@ -1,5 +1,5 @@
-"""A user's own photographs end to end, in real processes in the user's order: prepare-data (with bad
-records of every kind mixed in) -> init-from-hf from a tiny random Qwen2 -> train from the cache on a
+"""A user's own photographs end to end, in real processes in the user's order: convert-vae (a KL-16
+in MAR's torch layout) -> prepare-data (with bad records of every kind mixed in) -> init-from-hf from a tiny random Qwen2 -> train from the cache on a
 (fsdp 2, tensor 2) mesh with a validation split -> generate -> describe.
 
 The photographs are scikit-image's, the files inside its pinned wheel (nothing is downloaded)."""
@@ -15,12 +15,15 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from PIL import Image
 from tokenizers import Tokenizer, pre_tokenizers
 
 from tests.convert.test_hf_qwen2 import VOCAB, make_hf_model
 from tests.convert.test_hf_vocab import write_tokenizer
+from mmar_torch import vae as torch_vae
 from tests.data import test_latent_source as data
+from tests.models.test_tokenizers import randomize_
 from tests.train import tiny
 from tests.train.test_local_launch import tensorboard_scalars
 from tests.train.test_train_cli import HF_ARCH
@@ -100,8 +103,15 @@ def test_own_photographs_from_a_manifest_to_generated_and_described_images(tmp_p
   words.pre_tokenizer = pre_tokenizers.Whitespace()
   words.save(str(tmp_path / "tokenizer.json"))
   tok = f"data.tokenizer={tmp_path / 'tokenizer.json'}"
-  config = tiny.config(*KL16, f"tokenizer.vae_checkpoint={tmp_path / 'vae'}")
-  data.write_vae(config)  # A random KL-16 VAE in the layout convert-vae writes.
+  # A random KL-16 as MAR ships one ({"model": state_dict} with MAR's keys), converted as a user does.
+  arch = {k.removeprefix("tokenizer.vae_"): v for k, v in data.VAE.items() if k.startswith("tokenizer.vae_")}
+  mar = torch_vae.AutoencoderKL(channels=arch["channels"], channel_mult=arch["channel_mult"],
+                                num_res_blocks=arch["num_res_blocks"], z_channels=arch["z_channels"],
+                                norm_groups=arch["norm_groups"], encoder_attn_levels=arch["encoder_attn_levels"])
+  torch.save({"model": randomize_(mar, 5).state_dict()}, tmp_path / "kl16.ckpt")
+  converted = mmar_jax("convert-vae", f"--in={tmp_path / 'kl16.ckpt'}", f"--out={tmp_path / 'vae'}",
+                       "--config=configs/demo.py", *[f"--config.{k}={v}" for k, v in data.VAE.items()])
+  assert "converted" in converted, converted
   vae = [f"--config.{o}" for o in KL16[:-2] + (tok, "data.seq_len=40", f"tokenizer.vae_checkpoint={tmp_path / 'vae'}")]
   prep = mmar_jax("prepare-data", "--cache-latents", f"--manifest={tmp_path / 'manifest.jsonl'}",
                   f"--out={tmp_path / 'latents'}", "--batch-size=8", "--config=configs/demo.py", *vae)
