@@ -95,5 +95,5 @@ def test_mmar_loss_and_gradients_with_chunking_equal_without():
   np.testing.assert_allclose(float(chunked_loss), float(dense_loss), rtol=RTOL)
   for path, g in jax.tree_util.tree_leaves_with_path(chunked_grads):
     expected = np.asarray(functools.reduce(lambda t, k: t[k.key], path, dense_grads))
-    np.testing.assert_allclose(np.asarray(g), expected, rtol=1e-5, atol=1e-6 * max(np.abs(expected).max(), 1e-30),
+    np.testing.assert_allclose(np.asarray(g), expected, rtol=RTOL, atol=1e-6 * max(np.abs(expected).max(), 1e-30),
                                err_msg=jax.tree_util.keystr(path))
