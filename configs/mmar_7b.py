@@ -25,7 +25,7 @@ def get_config():
   # Rank 128, alpha 256 is LLaVA-1.5's LoRA recipe for adapting an LLM to image tokens; the paper
   # publishes no rank [ours]. config.model.lora.rank=0 is full fine-tuning.
   # The cross-entropy 256 positions at a time: at V ~ 152k the dense float32 logits and their
-  # gradient would take 1.2 GiB a row; a block takes a quarter of that for 1024-token rows.
+  # gradient take 1.2 GiB a 1024-token row (loss temps 2.9 -> 0.8 GiB, benchmarks/RESULTS.md).
   config.model.ce_chunk_size = 256
   config.model.lora.rank = 128
   config.model.lora.alpha = 256.0

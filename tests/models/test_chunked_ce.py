@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mmar_jax import configs
 from mmar_jax.models import chunked_ce
 from tests.models.test_mmar import forward, make_batch, setup
 
@@ -97,3 +98,10 @@ def test_mmar_loss_and_gradients_with_chunking_equal_without():
     expected = np.asarray(functools.reduce(lambda t, k: t[k.key], path, dense_grads))
     np.testing.assert_allclose(np.asarray(g), expected, rtol=RTOL, atol=1e-6 * max(np.abs(expected).max(), 1e-30),
                                err_msg=jax.tree_util.keystr(path))
+
+
+def test_paper_presets_chunk_the_cross_entropy_and_the_demo_stays_dense():
+  # The demo's numbers stay bit-identical to before the chunked path existed.
+  chunk = {name: configs.load_config(f"configs/{name}.py").model.ce_chunk_size for name in ("demo", "mmar_0p5b",
+                                                                                              "mmar_7b")}
+  assert chunk == {"demo": 0, "mmar_0p5b": 256, "mmar_7b": 256}
