@@ -12,6 +12,8 @@ import pytest
 
 from mmar_jax import configs
 from mmar_jax.models import chunked_ce
+from mmar_jax.train import mesh as mesh_lib
+from mmar_jax.train import sharding
 from tests.models.test_mmar import forward, make_batch, setup
 
 B, L, D, V = 2, 64, 32, 512
@@ -105,3 +107,20 @@ def test_paper_presets_chunk_the_cross_entropy_and_the_demo_stays_dense():
   chunk = {name: configs.load_config(f"configs/{name}.py").model.ce_chunk_size for name in ("demo", "mmar_0p5b",
                                                                                               "mmar_7b")}
   assert chunk == {"demo": 0, "mmar_0p5b": 256, "mmar_7b": 256}
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_chunked_loss_under_the_meshs_logical_constraints_equals_the_dense_one(tied):
+  # The blocks' logits keep the dense logits' ("batch", "length", "activation_vocab") constraint:
+  # the vocabulary split over 'tensor' inside the scan as outside.
+  args = inputs(tied)
+  dense_loss, (dense_dh, dense_dk) = loss_and_grads(*args, tied=tied, chunk_size=0)
+  config = configs.base_config()
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 1, 4
+  rules = config.mesh.logical_axis_rules
+  with sharding.activate(mesh_lib.make_mesh(config), rules):
+    loss, (dh, dk) = jax.jit(loss_and_grads.__wrapped__, static_argnames=("tied", "chunk_size"))(
+        *args, tied=tied, chunk_size=16)
+  np.testing.assert_allclose(float(loss), float(dense_loss), rtol=RTOL)
+  assert_close(dh, dense_dh)
+  assert_close(dk, dense_dk)
