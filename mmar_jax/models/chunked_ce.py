@@ -51,6 +51,8 @@ def nll_sum(hidden: Float[ArrayLike, "b l d"], kernel: Float[ArrayLike, "..."], 
 
   # Remat: the backward pass recomputes a block's logits from its hidden states instead of
   # saving them, so neither the logits nor their gradient outlive one step of the scan.
+  # The kernel enters each block in its stored dtype (cast inside): the scan then sums its
+  # gradient over blocks in that dtype, not in a bfloat16 compute dtype.
   @jax.checkpoint
   def block_sum(kernel, h, t, w):
     return jnp.sum(token_nll(head_logits(h, kernel, tied=tied, dtype=dtype), t) * w)
