@@ -24,6 +24,9 @@ def get_config():
   # The "image expert" reading of the paper (shared/MMAR.md): LLM frozen, LoRA on every linear map.
   # Rank 128, alpha 256 is LLaVA-1.5's LoRA recipe for adapting an LLM to image tokens; the paper
   # publishes no rank [ours]. config.model.lora.rank=0 is full fine-tuning.
+  # The cross-entropy 256 positions at a time: at V ~ 152k the dense float32 logits and their
+  # gradient take 1.2 GiB a 1024-token row (loss temps 2.9 -> 0.8 GiB, benchmarks/RESULTS.md).
+  config.model.ce_chunk_size = 256
   config.model.lora.rank = 128
   config.model.lora.alpha = 256.0
   # The Qwen2 model directory the README has users download; override with --config.data.tokenizer=DIR.

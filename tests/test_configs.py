@@ -38,6 +38,7 @@ def test_override_sets_the_field():
     ("model.remat_policy=some", r"config\.model\.remat_policy='some'"),
     ("mesh.fsdp=0", r"config\.mesh\.fsdp=0"),
     ("model.adapter_depth=-1", r"config\.model\.adapter_depth=-1 must be >= 0"),
+    ("model.ce_chunk_size=-8", r"config\.model\.ce_chunk_size=-8 must be >= 0"),
     ("model.adapter_heads=3", r"config\.model\.adapter_heads=3 must be positive and divide"),
     ("model.mask_ratio_min=1.5", r"config\.model\.mask_ratio_min=1\.5"),
     ("model.mask_ratio_dist=beta", r"config\.model\.mask_ratio_dist='beta' must be one of"),

@@ -107,6 +107,11 @@ def base_config() -> ml_collections.ConfigDict:
   # tells slots apart through RoPE; a small model trained from scratch barely does: every masked
   # slot then gets nearly the same z and the head draws the same token everywhere [ours].
   config.model.image_position_embedding = False
+  # The text cross-entropy's LM head a block of this many positions at a time, each block's
+  # logits recomputed in the backward pass: no [batch, seq_len, vocab] float32 logits (0.6 GiB a
+  # 1024-token row at Qwen2's vocabulary) nor their gradient are ever live. 0 = dense, all at once.
+  # A seq_len it does not divide is padded with weight-0 positions [ours].
+  config.model.ce_chunk_size = 0
   config.model.adapter_remat = False  # nn.remat each adapter block: recompute its activations in the backward pass.
   # MAR-style masked generation: the share of an image's tokens masked, drawn per image in
   # [mask_ratio_min, mask_ratio_max]. Stage 1 of the paper draws from [0.7, 1.0] (the default);

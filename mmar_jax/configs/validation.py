@@ -47,6 +47,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   if not 0 <= m.hf_vocab_size <= m.vocab_size:
     fail("model.hf_vocab_size", m.hf_vocab_size, f"must be in [0, config.model.vocab_size={m.vocab_size}] "
           "(0 = not imported from Hugging Face)")
+  if m.ce_chunk_size < 0:
+    fail("model.ce_chunk_size", m.ce_chunk_size, "must be >= 0 (0 = dense cross-entropy)")
   _validate_lora(m)
   if m.adapter_depth < 0:
     fail("model.adapter_depth", m.adapter_depth, "must be >= 0 (0 = a linear map)")

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from mmar_jax import configs
-from mmar_jax.models import lora, masks
+from mmar_jax.models import chunked_ce, lora, masks
 
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -311,16 +311,20 @@ class Backbone(nn.Module):
     x = jnp.take(table, input_ids, axis=0).astype(self.cfg.compute_dtype)
     return nn.with_logical_constraint(x, ("batch", "length", "activation_embed"))
 
+  def head_kernel(self) -> Float[Array, "..."]:
+    """The LM head's weight: the embedding table [V, d] when tied, else lm_head [d, V]."""
+    return self.embed_tokens if self.cfg.tie_word_embeddings else self.lm_head
+
   def logits(self, hidden: Float[ArrayLike, "b l d"]) -> Float[Array, "b l v"]:
     """LM-head logits in float32: the log-softmax of the loss needs them there."""
-    dtype = self.cfg.compute_dtype
-    if self.cfg.tie_word_embeddings:
-      logits = jnp.einsum("bld,vd->blv", hidden.astype(dtype), self.embed_tokens.astype(dtype),
-                          preferred_element_type=jnp.float32)
-    else:
-      logits = jnp.einsum("bld,dv->blv", hidden.astype(dtype), self.lm_head.astype(dtype),
-                          preferred_element_type=jnp.float32)
-    return nn.with_logical_constraint(logits, ("batch", "length", "activation_vocab"))
+    return chunked_ce.head_logits(hidden, self.head_kernel(), tied=self.cfg.tie_word_embeddings,
+                                  dtype=self.cfg.compute_dtype)
+
+  def text_nll_sum(self, hidden: Float[ArrayLike, "b l d"], targets: Int[ArrayLike, "b l"],
+                   weights: Float[ArrayLike, "b l"], chunk_size: int) -> Float[Array, ""]:
+    """sum(nll * weights) of `targets` under the LM head; `chunk_size` > 0 never holds all logits."""
+    return chunked_ce.nll_sum(hidden, self.head_kernel(), targets, weights, tied=self.cfg.tie_word_embeddings,
+                              dtype=self.cfg.compute_dtype, chunk_size=chunk_size)
 
   def __call__(
       self,

@@ -24,7 +24,7 @@ from mmar_jax import configs
 from mmar_jax.batch import Batch
 from mmar_jax.diffusion.losses import diffusion_loss
 from mmar_jax.diffusion.schedule import Schedule
-from mmar_jax.models import masks
+from mmar_jax.models import chunked_ce, masks
 from mmar_jax.models.adapter import AdapterConfig, ImageAdapter
 from mmar_jax.models.backbone import Backbone, BackboneConfig, KVCache
 from mmar_jax.models.diffusion_head import DiffusionHead, HeadConfig
@@ -47,6 +47,7 @@ class MMARConfig:
   num_image_tokens: int  # N, tokens per image (sizes the image position embedding).
   image_position_embedding: bool
   head_capacity: float  # Share of a row's image slots the head trains on (1: all, as MAR).
+  ce_chunk_size: int  # Positions per block of the chunked cross-entropy; 0 = dense logits.
 
   @classmethod
   def from_config(cls, config, mask_token_id: int) -> MMARConfig:
@@ -57,13 +58,14 @@ class MMARConfig:
                num_train_steps=d.num_train_steps, prediction=d.prediction,
                diffusion_batch_mul=d.diffusion_batch_mul, ce_weight=config.loss.ce_weight,
                diffusion_weight=config.loss.diffusion_weight, num_image_tokens=configs.num_image_tokens(config),
-               image_position_embedding=config.model.image_position_embedding, head_capacity=d.head_capacity)
+               image_position_embedding=config.model.image_position_embedding, head_capacity=d.head_capacity,
+               ce_chunk_size=config.model.ce_chunk_size)
 
 
 @flax.struct.dataclass
 @typing.no_type_check  # flax rebuilds it through __init__ from ShapeDtypeStructs (eval_shape): unchecked.
 class MMAROutput:
-  logits: Float[Array, "b l v"]  # float32
+  logits: Float[Array, "b l v"] | None  # float32; None when config.model.ce_chunk_size > 0 (never built).
   hidden: Float[Array, "b l d"]  # The backbone's final (normed) hidden states.
   z: Float[Array, "b m n d"]  # hidden at each image token's slot: the head's condition there.
   loss: Float[Array, ""]  # ce_weight * ce + diffusion_weight * v_loss, float32.
@@ -207,14 +209,18 @@ class MMAR(nn.Module):
     x = self.embed_inputs(input_ids, image_tokens, image_slots, image_valid, generate_mask)
     spans = image_span_ids(image_slots, image_valid, input_ids.shape[1])
     attention_mask = masks.mmar_attention_mask(batch.segment_ids, spans)
+    chunked = cfg.ce_chunk_size > 0
     out = self.backbone(positions=batch.positions, inputs_embeds=x, segment_ids=batch.segment_ids,
-                        attention_mask=attention_mask)
+                        attention_mask=attention_mask, compute_logits=not chunked)
 
-    # Cross-entropy: log-softmax in float32 (the logits already are), mean over its own tokens.
-    log_probs = jax.nn.log_softmax(out.logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(log_probs, batch.targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    # Cross-entropy: log-softmax in float32, mean over its own tokens. Chunked, the LM head runs
+    # a block of positions at a time and the [b, l, V] logits never exist (models/chunked_ce.py).
     text_weight = batch.text_loss_mask.astype(jnp.float32)
-    ce = jnp.sum(nll * text_weight) / jnp.maximum(jnp.sum(text_weight), 1.0)
+    if chunked:
+      nll_sum = self.backbone.text_nll_sum(out.hidden, batch.targets, text_weight, cfg.ce_chunk_size)
+    else:
+      nll_sum = jnp.sum(chunked_ce.token_nll(out.logits, batch.targets) * text_weight)
+    ce = nll_sum / jnp.maximum(jnp.sum(text_weight), 1.0)
 
     # v-loss: z at a masked slot predicts that slot's clean token [MAR]; mean over masked tokens.
     rows = jnp.arange(input_ids.shape[0])[:, None, None]
