@@ -311,7 +311,7 @@ class Backbone(nn.Module):
     x = jnp.take(table, input_ids, axis=0).astype(self.cfg.compute_dtype)
     return nn.with_logical_constraint(x, ("batch", "length", "activation_embed"))
 
-  def head_kernel(self) -> Float[Array, "..."]:
+  def head_kernel(self) -> Float[ArrayLike, "..."]:  # numpy params outside jit give numpy
     """The LM head's weight: the embedding table [V, d] when tied, else lm_head [d, V]."""
     return self.embed_tokens if self.cfg.tie_word_embeddings else self.lm_head
 
