@@ -14,32 +14,19 @@ from __future__ import annotations
 import shlex
 
 import jax
-import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
 from mmar_jax import configs
 from mmar_jax.convert import hf_import
 from mmar_jax.train import loop
+from mmar_jax.train import state as state_lib
 
 _HF_DIR = flags.DEFINE_string("hf-dir", None, "Hugging Face Qwen2 directory (config.json + *.safetensors).",
                               required=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "New training run directory.", required=True)
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The training config, e.g. configs/mmar_0p5b.py.",
                                           lock_config=True)
-
-
-def overlay(params, pretrained, where: str = "backbone"):
-  """`params` with every leaf that `pretrained` has replaced (same shape, placed on the same
-  shards); leaves only ours has (LoRA factors) stay fresh. Shape mismatches fail by name."""
-  if isinstance(pretrained, dict):
-    missing = set(pretrained) - set(params)
-    if missing:
-      raise ValueError(f"{where}: the pretrained checkpoint has {sorted(missing)} that this model lacks")
-    return {k: overlay(v, pretrained[k], f"{where}.{k}") if k in pretrained else v for k, v in params.items()}
-  if tuple(params.shape) != tuple(np.shape(pretrained)):
-    raise ValueError(f"{where}: pretrained shape {tuple(np.shape(pretrained))} != model shape {tuple(params.shape)}")
-  return jax.device_put(np.asarray(pretrained, params.dtype), params.sharding)
 
 
 def train_command(config_file: str, workdir: str, overrides: dict, added: list[str]) -> str:
@@ -64,7 +51,7 @@ def main(argv):
   if run.mngr.all_steps():
     raise FileExistsError(f"{_WORKDIR.value} already holds checkpoints {run.mngr.all_steps()}; choose a new --workdir")
   state = run.fresh_state()
-  state = state.replace(params=dict(state.params, backbone=overlay(state.params["backbone"], imported.params)))
+  state = state.replace(params=dict(state.params, backbone=state_lib.overlay(state.params["backbone"], imported.params, "backbone")))
   run.save(state, force=True)
   run.mngr.wait_until_finished()
   cfg = imported.backbone

@@ -147,6 +147,11 @@ def base_config() -> ml_collections.ConfigDict:
   # EMA of the trainable params after every update (train/ema.py; MAR's 0.9999); 0 = none.
   # evaluate, generate, describe and the exports read it by default (--weights raw: the params).
   config.train.ema_decay = 0.9999
+  # A fresh run (no checkpoint in its workdir) starts from these weights: any checkpoint that
+  # `load_params` reads (a run, a step, import-hf, import-torch), its EMA where it has one. Every
+  # leaf the checkpoint has must have the model's shape; leaves only the model has (new LoRA
+  # factors) stay fresh. The optimizer starts fresh. "" = the model's own initialisation.
+  config.train.init_params = ""
   config.train.grad_accum_steps = 1  # Micro-batches per step (lax.scan); data.batch_size is the global total.
   # A non-finite loss or gradient skips the update (optax.apply_if_finite); this many in a row
   # stops the run with the last good checkpoint kept.

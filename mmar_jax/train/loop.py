@@ -150,6 +150,16 @@ class Run:
     return state_lib.create(self.exp.init_params, self.tx, self.config.seed, self.mesh,
                             self.config.mesh.logical_axis_rules, self.ema_keep)[0]
 
+  def with_params_from(self, path: str, state: state_lib.TrainState) -> state_lib.TrainState:
+    """`state` with config.train.init_params' weights overlaid (the EMA restarted at them)."""
+    params, _, step = checkpoint.load_params(path)
+    params = state_lib.overlay(state.params, params)
+    if jax.process_index() == 0:
+      print(f"initialised the params from {path} (step {step}); optimizer fresh", flush=True)
+    # Its own buffers: the step donates the state, and one buffer in two leaves cannot be donated.
+    ema = None if state.ema is None else jax.tree.map(lambda x: x.copy(), ema_lib.prune(params, self.ema_keep))
+    return state.replace(params=params, ema=ema)
+
   def restore(self, start_over: bool = False) -> state_lib.TrainState | None:
     """The newest readable checkpoint, on this run's mesh, with the data iterator moved to it
     (`self.data_iterator` replaced); None when there is none. Prints what it did (process 0)."""
@@ -213,6 +223,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Tru
   state = run.restore(start_over=start_over) if resume else None
   if state is None:
     state = run.fresh_state()
+    if t.init_params:
+      state = run.with_params_from(t.init_params, state)
   mesh, rules, exp, mngr, data_iterator = run.mesh, config.mesh.logical_axis_rules, run.exp, run.mngr, run.data_iterator
   train_step = step_lib.make_train_step(exp.model, exp.image_tokenizer, run.tx, optimizer.learning_rate_schedule(t),
                                         step_lib.StepConfig.from_config(config))

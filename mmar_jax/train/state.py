@@ -17,6 +17,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -91,6 +92,19 @@ def create(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransforma
   with sharding.activate(mesh, rules):
     state = jax.jit(_init_fn(init_params, tx, ema_keep), out_shardings=state_shardings)(seed)
   return state, state_shardings
+
+
+def overlay(params: Any, pretrained: Any, where: str = "params") -> Any:
+  """`params` with every leaf that `pretrained` has replaced (same shape, placed on the same
+  shards); leaves only ours has (LoRA factors) stay fresh. Mismatches fail naming the leaf."""
+  if isinstance(pretrained, dict):
+    missing = set(pretrained) - set(params)
+    if missing:
+      raise ValueError(f"{where}: the pretrained checkpoint has {sorted(missing)} that this model lacks")
+    return {k: overlay(v, pretrained[k], f"{where}.{k}") if k in pretrained else v for k, v in params.items()}
+  if tuple(params.shape) != tuple(np.shape(pretrained)):
+    raise ValueError(f"{where}: pretrained shape {tuple(np.shape(pretrained))} != model shape {tuple(params.shape)}")
+  return jax.device_put(np.asarray(pretrained, params.dtype), params.sharding)
 
 
 def _is_boxed(x) -> bool:

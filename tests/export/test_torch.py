@@ -185,3 +185,52 @@ def test_import_of_a_misshapen_tensor_names_it_in_one_line(exported, tmp_path):
   assert lines == ["mmar-jax import-torch: error: mmar_head.safetensors: tensor res_blocks.0.mlp_in.weight has "
                    "shape (7, 32), the config implies (32, 32)"]
   assert not (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.slow  # A tiny training run and a generation in child processes: ~60 s.
+def test_a_model_changed_in_pytorch_comes_back_trains_and_samples(exported, tmp_path):
+  # The journey back: weights changed on the PyTorch side (the head's last layer scaled, as a
+  # fine-tune would move it), import-torch, then config.train.init_params starts a run from them.
+  from mmar_jax import checkpoint
+  from tests.export.conftest import mmar_jax
+  from tests.train import tiny
+  changed = tmp_path / "changed"
+  shutil.copytree(exported.torch_dir, changed)
+  head = load_file(changed / "mmar_head.safetensors")
+  name = sorted(head)[-1]
+  head[name] = head[name] * 1.5 + 0.01
+  save_file(head, changed / "mmar_head.safetensors")
+  mmar_jax("import-torch", f"--in={changed}", f"--out={tmp_path / 'back'}")
+  back, _, _ = checkpoint.load_params(tmp_path / "back")
+  rows = f"model.vocab_size={ROWS}"
+
+  # The state a fresh run starts from holds exactly the imported weights, params and EMA.
+  from mmar_jax.train import ema as ema_lib
+  from mmar_jax.train import loop
+  config = tiny.config(rows, f"train.init_params={tmp_path / 'back'}")
+  run = loop.setup(config, str(tmp_path / "start"))
+  try:
+    state = run.with_params_from(config.train.init_params, run.fresh_state())
+  finally:
+    run.mngr.close()
+  flat_back = dict(jax.tree_util.tree_leaves_with_path(back))
+  for held in (state.params, ema_lib.merge(state.params, state.ema)):
+    flat = dict(jax.tree_util.tree_leaves_with_path(held))
+    assert sorted(map(jax.tree_util.keystr, flat)) == sorted(map(jax.tree_util.keystr, flat_back))
+    for path, value in flat_back.items():
+      assert np.asarray(flat[path]).tobytes() == np.asarray(value).tobytes(), jax.tree_util.keystr(path)
+
+  # Trained for real, it moves off them, stays finite and samples.
+  trained = str(tmp_path / "trained")
+  out = tiny.run(trained, rows, f"train.init_params={tmp_path / 'back'}", "train.num_steps=2",
+                 "train.checkpoint_every=2")
+  assert f"initialised the params from {tmp_path / 'back'} (step 0); optimizer fresh" in out
+  moved, _, _ = checkpoint.load_params(trained, weights="raw")
+  diffs = [float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(jax.tree.leaves(moved),
+                                                                              jax.tree.leaves(back))]
+  assert all(np.isfinite(diffs)) and max(diffs) > 1e-4
+  picture = tmp_path / "picture.png"
+  result = mmar_jax("generate", f"--ckpt={trained}", "--prompt=a red circle at the left", "--num-images=1",
+                    "--steps=3", "--sampling-steps=4", f"--out={picture}")
+  assert "1 images" in result.stdout or picture.exists(), result.stdout
+  assert picture.stat().st_size > 0
