@@ -129,7 +129,7 @@ def test_own_photographs_from_a_manifest_to_generated_and_described_images(tmp_p
   workdir = str(tmp_path / "run")
   overrides = [f"--config.{o}" for o in tiny.OVERRIDES + KL16 + HF_ARCH[:-1] + (
       tok, f"tokenizer.vae_checkpoint={tmp_path / 'vae'}", "data.source=latents",
-      f"data.latents_dir={tmp_path / 'latents'}", "train.num_steps=4", "train.eval_every=2", "data.batch_size=4",
+      f"data.latents_dir={tmp_path / 'latents'}", "train.num_steps=4", "train.eval_every=2", "train.eval_samples=2", "data.batch_size=4",
       "data.validation_fraction=0.4", "mesh.fsdp=2", "mesh.tensor=2")]
   init = mmar_jax("init-from-hf", f"--hf-dir={hf_dir}", f"--workdir={workdir}", "--config=configs/demo.py", *overrides)
   assert "the table grows from 97 to 128 rows" in init
@@ -146,6 +146,10 @@ def test_own_photographs_from_a_manifest_to_generated_and_described_images(tmp_p
                    r"tokens", train, re.M), train
   assert re.search(r"^text: \d+ of \d+ records read \([\d.]+%\) held words the tokenizer does not know", train,
                    re.M), train
+  # The evaluation fits the data: held-out captions drawn beside their (VAE-decoded) images.
+  assert re.search(r"^held-out records: \d+ captions drawn, \d+ questions answered", train, re.M), train
+  assert "synthetic-shapes scorer is skipped" in train and "colour" not in train
+  assert (tmp_path / "run" / "eval" / "step_4_held_out.png").is_file()
   _, scalars = tensorboard_scalars(workdir)
   assert set(scalars["val/loss"]) == {2, 4} and all(v > 0 for v in scalars["val/loss"].values()), scalars.keys()
 

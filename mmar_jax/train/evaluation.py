@@ -12,7 +12,12 @@ With the modulus 0 nothing is held out and only 'seen' is drawn.
 
 Each generated image is judged from its pixels by the dataset's own labels
 (`synthetic_judge.score`: colour, shape, position, size of every shape); each answer is compared
-with the record's answer word for word. Results go to TensorBoard (scalars, the image grid, a
+with the record's answer word for word. The generated set as a whole is compared with the set's
+drawn images by a Fréchet distance in the judge's feature space (`synthetic_judge.features`,
+through the same eval/frechet.py as FID; 0 when every shape is drawn where and as its caption
+says, since the judge's features do not see the background), beside its chance level: the
+distance from a second, independent draw of the same kind and size (right-looking shapes that
+ignore their captions). Results go to TensorBoard (scalars, the image grid, a
 text table, under eval/<set>/), to `eval/step_<k>_<set>.png` and `eval/step_<k>.json` (both sets)
 under the workdir.
 
@@ -31,6 +36,7 @@ import numpy as np
 
 from mmar_jax import checkpoint
 from mmar_jax.data import synthetic, synthetic_judge
+from mmar_jax.eval import frechet
 from mmar_jax.infer import describe, generate_image, image_io
 from mmar_jax.train import experiment, metrics
 
@@ -39,30 +45,40 @@ MAX_ANSWER_TOKENS = 32
 TITLES = {"unseen": "unseen combinations (never trained on)", "seen": "seen combinations (new records)"}
 
 
-def evaluation_sets(config, count: int) -> dict[str, list[dict]]:
+def evaluation_sets(config, count: int, draw: int = 0) -> dict[str, list[dict]]:
   """`count` records of each evaluation set: {'unseen': ..., 'seen': ...} ('seen' only when
-  config.data.synthetic_held_out_modulus is 0)."""
+  config.data.synthetic_held_out_modulus is 0). `draw` 1 gives independent sets of the same kinds
+  (the Fréchet distance's chance level)."""
   modulus = config.data.synthetic_held_out_modulus
 
-  def draw(held_out: bool, offset: int) -> list[dict]:
+  def draw_set(held_out: bool, offset: int) -> list[dict]:
     cfg = synthetic.SyntheticConfig(num_records=count, image_size=config.tokenizer.image_size,
                                     seed=config.data.seed + offset,
                                     noisy_backgrounds=config.data.synthetic_noisy_backgrounds,
                                     held_out_modulus=modulus, held_out=held_out)
     return [synthetic.sample(cfg, i) for i in range(count)]
 
-  sets = {"unseen": draw(True, HELD_OUT_SEED_OFFSET)} if modulus else {}
-  sets["seen"] = draw(False, HELD_OUT_SEED_OFFSET + 1)
+  sets = {"unseen": draw_set(True, HELD_OUT_SEED_OFFSET + 2 * draw)} if modulus else {}
+  sets["seen"] = draw_set(False, HELD_OUT_SEED_OFFSET + 1 + 2 * draw)
   return sets
 
 
-def _ids(exp: experiment.Experiment, text: str) -> list[int]:
+def padded(items: list) -> list:
+  """`items` with its last repeated up to a multiple of the device count: inside the training mesh
+  the prompts' batch is split over the data axes, which must divide it (the extra rows are dropped)."""
+  return items + items[-1:] * (-len(items) % jax.device_count())
+
+
+def prompt_ids(exp: experiment.Experiment, text: str) -> list[int]:
   return exp.text_tokenizer.encode(text, add_special_tokens=False).ids
 
 
 def evaluate(exp: experiment.Experiment, params: Any, records: list[dict], *, seed: int = 0,
-             tokenizer_params: Any = None) -> dict[str, Any]:
+             tokenizer_params: Any = None, chance_records: list[dict] | None = None) -> dict[str, Any]:
   """Generates one image per record caption and answers one question per record.
+
+  `chance_records`: an independent draw of the same kind (`evaluation_sets(..., draw=1)`) for the
+  Fréchet distance's chance level; without them it is not reported.
 
   Returns {'generation': per-record judge scores and the images, 'understanding': per-record
   question, answer, expected, correct, and 'summary': the means}.
@@ -72,32 +88,41 @@ def evaluate(exp: experiment.Experiment, params: Any, records: list[dict], *, se
   rng = jax.random.key(seed)
   gen_rng, answer_rng = jax.random.split(rng)
   captions = [r["caption"] for r in records]
-  tokens = generate_image.generate(exp.model, params, [_ids(exp, c) for c in captions], exp.special_ids, gen_rng,
-                                   **generate_image.generation_settings(config))
-  images = image_io.to_uint8(jax.device_get(exp.image_tokenizer.decode(tokenizer_params, tokens)))
+  tokens = generate_image.generate(exp.model, params, padded([prompt_ids(exp, c) for c in captions]),
+                                   exp.special_ids, gen_rng, **generate_image.generation_settings(config))
+  images = image_io.to_uint8(jax.device_get(exp.image_tokenizer.decode(tokenizer_params, tokens)))[:len(records)]
   judged = [synthetic_judge.score(image, r["labels"]) for image, r in zip(images, records)]
 
   # One question per record, cycling through the kinds so that every kind is asked.
   questions = [r["qa"][i % len(r["qa"])] for i, r in enumerate(records)]
-  pixels = np.stack([r["image"] for r in records]).astype(np.float32) / 127.5 - 1.0
+  pixels = np.stack(padded([r["image"] for r in records])).astype(np.float32) / 127.5 - 1.0
   image_tokens = exp.image_tokenizer.encode(tokenizer_params, pixels)
-  answers = describe.describe(exp.model, params, image_tokens, [_ids(exp, q) for q, _ in questions],
-                              exp.special_ids, max_new_tokens=MAX_ANSWER_TOKENS, rng=answer_rng)
+  answers = describe.describe(exp.model, params, image_tokens, padded([prompt_ids(exp, q) for q, _ in questions]),
+                              exp.special_ids, max_new_tokens=MAX_ANSWER_TOKENS, rng=answer_rng)[:len(records)]
   understanding = []
   for (question, expected), answer_ids in zip(questions, answers):
     answer = exp.text_tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
     understanding.append({"question": question, "expected": expected, "answer": answer,
-                          "correct": _normalise(answer) == _normalise(expected)})
+                          "correct": same_words(answer, expected)})
   summary = {f"generation/{k}": float(np.mean([j[k] for j in judged])) for k in judged[0]}
   # Chance: each image judged against another record's labels, so a model that ignores its
   # caption (or draws typical-looking shapes) scores this much.
   mismatched = [synthetic_judge.score(image, records[(i + 1) % len(records)]["labels"])
                 for i, image in enumerate(images)]
   summary.update({f"generation/{k}_chance": float(np.mean([j[k] for j in mismatched])) for k in judged[0]})
+  drawn = _feature_stats([r["image"] for r in records])
+  summary["generation/frechet"] = frechet.frechet_distance(_feature_stats(images), drawn)
+  if chance_records is not None:
+    summary["generation/frechet_chance"] = frechet.frechet_distance(
+        _feature_stats([r["image"] for r in chance_records]), drawn)
   summary["understanding/accuracy"] = float(np.mean([u["correct"] for u in understanding]))
   summary["understanding/majority_baseline"] = _majority_baseline(understanding)
   return {"generation": [dict(caption=c, **j) for c, j in zip(captions, judged)], "images": images,
           "understanding": understanding, "summary": summary}
+
+
+def _feature_stats(images) -> frechet.FeatureStats:
+  return frechet.FeatureStats.from_features(np.stack([synthetic_judge.features(i) for i in images]))
 
 
 def _question_kind(question: str) -> str:
@@ -111,6 +136,11 @@ def _majority_baseline(understanding: list[dict]) -> float:
     by_kind.setdefault(_question_kind(u["question"]), []).append(_normalise(u["expected"]))
   hits = sum(max(answers.count(a) for a in set(answers)) for answers in by_kind.values())
   return hits / len(understanding)
+
+
+def same_words(answer: str, expected: str) -> bool:
+  """Whether two answers have the same words, case and question marks and full stops aside."""
+  return _normalise(answer) == _normalise(expected)
 
 
 def _normalise(text: str) -> str:
@@ -132,6 +162,9 @@ def table(result: dict[str, Any], name: str) -> str:
   lines = [f"{TITLES[name]:<40}{'model':>8}{'chance':>8}", "generated images, judged from pixels:"]
   for key in ("colour", "shape", "position", "size", "all", "count"):
     lines.append(f"  {key:<38}{s[f'generation/{key}']:>8.1%}{s[f'generation/{key}_chance']:>8.1%}")
+  if "generation/frechet_chance" in s:
+    lines.append(f"  {'frechet distance (judge features)':<38}{s['generation/frechet']:>8.3f}"
+                 f"{s['generation/frechet_chance']:>8.3f}")
   lines.append(f"{'questions answered exactly':<40}{s['understanding/accuracy']:>8.1%}"
                f"{s['understanding/majority_baseline']:>8.1%}")
   by_kind: dict[str, list[bool]] = {}
@@ -143,7 +176,7 @@ def table(result: dict[str, Any], name: str) -> str:
 
 
 CHANCE_NOTE = ("chance: images judged against another caption's labels; answers: the most common answer of "
-               "each question kind")
+               "each question kind; Fréchet distance (lower is better): a second drawn set's")
 
 
 def write_results(path: str, sets: dict[str, list[dict]], results: dict[str, dict], grid_size: int | None = None):
@@ -160,9 +193,11 @@ def write_results(path: str, sets: dict[str, list[dict]], results: dict[str, dic
 def make_hook(config, workdir: str):
   """The loop's periodic hook: evaluate on config.train.eval_samples records of each set and log."""
   sets = evaluation_sets(config, config.train.eval_samples)
+  chances = evaluation_sets(config, config.train.eval_samples, draw=1)
 
   def hook(exp: experiment.Experiment, params: Any, step: int) -> None:
-    results = {name: evaluate(exp, params, records, seed=config.seed) for name, records in sets.items()}
+    results = {name: evaluate(exp, params, records, seed=config.seed, chance_records=chances[name])
+               for name, records in sets.items()}
     if jax.process_index() != 0:
       return
     grids = write_results(str(checkpoint.path_of(workdir) / "eval" / f"step_{step}"), sets, results)

@@ -77,17 +77,20 @@ class _Preemption:
 
 
 def default_eval_fn(config: ml_collections.ConfigDict, workdir: str) -> EvalFn | None:
-  """The periodic evaluation hook (train/evaluation.py), or None when config.train.eval_every is 0
-  or the data are not the synthetic shapes (its scorer judges by their labels only)."""
+  """The periodic evaluation hook, None when config.train.eval_every is 0: the synthetic shapes'
+  scorer (train/evaluation.py; it judges by their labels only), else held-out captions drawn and
+  questions answered (train/held_out_eval.py; None when nothing is held out)."""
   if not config.train.eval_every:
     return None
   if config.data.source != "synthetic":
+    from mmar_jax.train import held_out_eval  # Pulls in the inference loops; only runs that evaluate need it.
     if jax.process_index() == 0:
-      held = ("the validation loss (data.validation_fraction) is the evaluation"
-              if config.data.validation_fraction else "set data.validation_fraction for a validation loss")
+      held = ("the validation loss and held-out captions and questions (data.validation_fraction) are the "
+              "evaluation" if config.data.validation_fraction else "set data.validation_fraction for a "
+              "validation loss and held-out captions and questions")
       print(f"evaluation: the synthetic-shapes scorer is skipped: data.source={config.data.source!r} is not "
             f"the synthetic shapes; {held}", flush=True)
-    return None
+    return held_out_eval.make_hook(config, workdir)
   from mmar_jax.train import evaluation  # Pulls in the inference loops; only runs that evaluate need it.
   return evaluation.make_hook(config, workdir)
 

@@ -121,3 +121,44 @@ def test_a_modulus_that_cannot_split_is_refused(modulus):
     synthetic.SyntheticConfig(10, 24, held_out_modulus=modulus)
   with pytest.raises(ValueError, match="synthetic_held_out_modulus"):
     synthetic.SyntheticConfig(10, 24, held_out=True)
+
+
+def test_judge_features_place_each_shape_at_its_colour():
+  record = synthetic.SyntheticShapesSource(synthetic.SyntheticConfig(1, 24, seed=5))[0]
+  per_colour = synthetic_judge.features(record["image"]).reshape(len(synthetic.COLOURS), -1)
+  colours = list(synthetic.COLOURS)
+  drawn = {label["colour"] for label in record["labels"]}
+  for i, name in enumerate(colours):
+    assert (per_colour[i, 0] > 0) == (name in drawn), name  # Pixel share: present or zero.
+  for label in record["labels"]:
+    row, col = divmod(synthetic.POSITIONS.index(label["position"]), 3)
+    _, centre_row, centre_col, *_ = per_colour[colours.index(label["colour"])]
+    assert row / 3 <= centre_row < (row + 1) / 3 and col / 3 <= centre_col < (col + 1) / 3
+
+
+def test_the_frechet_distance_in_judge_features_sees_what_is_wrong():
+  # Shapes drawn where and as the captions say score 0 (the features do not see the background);
+  # an independent draw (the table's chance level) more; the set shrunk into a corner (sizes and
+  # positions wrong), with red and blue swapped and the rest of the palette lost, or blank, more
+  # than twice that. (Mirrored is no test: the positions' distribution is symmetric.)
+  from mmar_jax.eval import frechet
+  config = configs.load_config("configs/demo.py")
+  first, second = (evaluation.evaluation_sets(config, 128, draw=d)["seen"] for d in (0, 1))
+  stats = lambda images: frechet.FeatureStats.from_features(  # noqa: E731
+      np.stack([synthetic_judge.features(i) for i in images]))
+  drawn = stats([r["image"] for r in first])
+  redrawn = [synthetic.draw(24, tuple(synthetic.ShapeLabel(**l) for l in r["labels"]), 60, False,
+                            np.random.default_rng(0)) for r in first]
+  assert frechet.frechet_distance(stats(redrawn), drawn) == pytest.approx(0.0, abs=1e-6)
+  chance = frechet.frechet_distance(stats([r["image"] for r in second]), drawn)
+  assert chance > 0.05
+
+  def shrunk(image):
+    out = np.full_like(image, image[0, 0])
+    out[:12, :12] = image[::2, ::2]
+    return out
+
+  wrong = {"shrunk": [shrunk(r["image"]) for r in first], "red and blue swapped": [r["image"][..., ::-1] for r in first],
+           "blank": [np.full_like(r["image"], 40) for r in first]}
+  for name, images in wrong.items():
+    assert frechet.frechet_distance(stats(images), drawn) > 2 * chance, name

@@ -1,0 +1,1 @@
+"""Evaluation metrics over sets of images and answers."""
