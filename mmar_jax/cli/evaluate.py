@@ -37,8 +37,8 @@ def main(argv):
   sets = evaluation.evaluation_sets(config, _SAMPLES.value)
   print(f"evaluating step {step} of {_WORKDIR.value} on {_SAMPLES.value} synthetic records of each set "
         f"({', '.join(sets)}) ...", flush=True)
-  chances = evaluation.evaluation_sets(config, _SAMPLES.value, draw=1)
-  results = {name: evaluation.evaluate(exp, params, records, seed=_SEED.value, chance_records=chances[name])
+  references = evaluation.evaluation_sets(config, _SAMPLES.value, draw=1)
+  results = {name: evaluation.evaluate(exp, params, records, seed=_SEED.value, reference_records=references[name])
              for name, records in sets.items()}
   evaluation.write_results(str(path), sets, results, grid_size=16)
   for name, result in results.items():

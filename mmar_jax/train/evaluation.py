@@ -14,16 +14,16 @@ Each generated image is judged from its pixels by the dataset's own labels
 (`synthetic_judge.score`: colour, shape, position, size of every shape); each answer is compared
 with the record's answer word for word. The generated set as a whole is compared with the set's
 drawn images by a Fréchet distance in the judge's feature space (`synthetic_judge.features`,
-through the same eval/frechet.py as FID; 0 when every shape is drawn where and as its caption
-says, since the judge's features do not see the background), beside its chance level: the
-distance from a second, independent draw of the same kind and size (right-looking shapes that
-ignore their captions). Results go to TensorBoard (scalars, the image grid, a
-text table, under eval/<set>/), to `eval/step_<k>_<set>.png` and `eval/step_<k>.json` (both sets)
-under the workdir.
+through the same eval/frechet.py as FID). It is 0 when every shape is drawn where and as its
+caption says (the features do not see the background); beside it, the distance of a second,
+independent drawn set of the same kind and size: the sampling noise of the statistic at this
+size, what images of exactly the data's distribution that ignore the pairing with captions score.
+Results go to TensorBoard (scalars, the image grid, a text table, under eval/<set>/), to
+`eval/step_<k>_<set>.png` and `eval/step_<k>.json` (both sets) under the workdir.
 
 Other data sources have no labels to judge by, so the loop does not run this hook on them
-(loop.default_eval_fn says so in one line); their evaluation is the validation loss on held-out
-records (config.data.validation_fraction).
+(loop.default_eval_fn says so in one line); their evaluation is the validation loss and
+train/held_out_eval.py on held-out records (config.data.validation_fraction).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ TITLES = {"unseen": "unseen combinations (never trained on)", "seen": "seen comb
 def evaluation_sets(config, count: int, draw: int = 0) -> dict[str, list[dict]]:
   """`count` records of each evaluation set: {'unseen': ..., 'seen': ...} ('seen' only when
   config.data.synthetic_held_out_modulus is 0). `draw` 1 gives independent sets of the same kinds
-  (the Fréchet distance's chance level)."""
+  (the Fréchet distance's reference)."""
   modulus = config.data.synthetic_held_out_modulus
 
   def draw_set(held_out: bool, offset: int) -> list[dict]:
@@ -74,11 +74,11 @@ def prompt_ids(exp: experiment.Experiment, text: str) -> list[int]:
 
 
 def evaluate(exp: experiment.Experiment, params: Any, records: list[dict], *, seed: int = 0,
-             tokenizer_params: Any = None, chance_records: list[dict] | None = None) -> dict[str, Any]:
+             tokenizer_params: Any = None, reference_records: list[dict] | None = None) -> dict[str, Any]:
   """Generates one image per record caption and answers one question per record.
 
-  `chance_records`: an independent draw of the same kind (`evaluation_sets(..., draw=1)`) for the
-  Fréchet distance's chance level; without them it is not reported.
+  `reference_records`: an independent draw of the same kind (`evaluation_sets(..., draw=1)`) for the
+  Fréchet distance's reference (a second drawn set's distance); without them it is not reported.
 
   Returns {'generation': per-record judge scores and the images, 'understanding': per-record
   question, answer, expected, correct, and 'summary': the means}.
@@ -112,9 +112,9 @@ def evaluate(exp: experiment.Experiment, params: Any, records: list[dict], *, se
   summary.update({f"generation/{k}_chance": float(np.mean([j[k] for j in mismatched])) for k in judged[0]})
   drawn = _feature_stats([r["image"] for r in records])
   summary["generation/frechet"] = frechet.frechet_distance(_feature_stats(images), drawn)
-  if chance_records is not None:
-    summary["generation/frechet_chance"] = frechet.frechet_distance(
-        _feature_stats([r["image"] for r in chance_records]), drawn)
+  if reference_records is not None:
+    summary["generation/frechet_reference"] = frechet.frechet_distance(
+        _feature_stats([r["image"] for r in reference_records]), drawn)
   summary["understanding/accuracy"] = float(np.mean([u["correct"] for u in understanding]))
   summary["understanding/majority_baseline"] = _majority_baseline(understanding)
   return {"generation": [dict(caption=c, **j) for c, j in zip(captions, judged)], "images": images,
@@ -162,9 +162,9 @@ def table(result: dict[str, Any], name: str) -> str:
   lines = [f"{TITLES[name]:<40}{'model':>8}{'chance':>8}", "generated images, judged from pixels:"]
   for key in ("colour", "shape", "position", "size", "all", "count"):
     lines.append(f"  {key:<38}{s[f'generation/{key}']:>8.1%}{s[f'generation/{key}_chance']:>8.1%}")
-  if "generation/frechet_chance" in s:
+  if "generation/frechet_reference" in s:
     lines.append(f"  {'frechet distance (judge features)':<38}{s['generation/frechet']:>8.3f}"
-                 f"{s['generation/frechet_chance']:>8.3f}")
+                 f"{s['generation/frechet_reference']:>8.3f}")
   lines.append(f"{'questions answered exactly':<40}{s['understanding/accuracy']:>8.1%}"
                f"{s['understanding/majority_baseline']:>8.1%}")
   by_kind: dict[str, list[bool]] = {}
@@ -176,7 +176,8 @@ def table(result: dict[str, Any], name: str) -> str:
 
 
 CHANCE_NOTE = ("chance: images judged against another caption's labels; answers: the most common answer of "
-               "each question kind; Fréchet distance (lower is better): a second drawn set's")
+               "each question kind; Fréchet distance (lower is better): a second drawn set's, the statistic's "
+               "sampling noise")
 
 
 def write_results(path: str, sets: dict[str, list[dict]], results: dict[str, dict], grid_size: int | None = None):
@@ -193,10 +194,10 @@ def write_results(path: str, sets: dict[str, list[dict]], results: dict[str, dic
 def make_hook(config, workdir: str):
   """The loop's periodic hook: evaluate on config.train.eval_samples records of each set and log."""
   sets = evaluation_sets(config, config.train.eval_samples)
-  chances = evaluation_sets(config, config.train.eval_samples, draw=1)
+  references = evaluation_sets(config, config.train.eval_samples, draw=1)
 
   def hook(exp: experiment.Experiment, params: Any, step: int) -> None:
-    results = {name: evaluate(exp, params, records, seed=config.seed, chance_records=chances[name])
+    results = {name: evaluate(exp, params, records, seed=config.seed, reference_records=references[name])
                for name, records in sets.items()}
     if jax.process_index() != 0:
       return

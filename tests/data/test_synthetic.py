@@ -138,7 +138,7 @@ def test_judge_features_place_each_shape_at_its_colour():
 
 def test_the_frechet_distance_in_judge_features_sees_what_is_wrong():
   # Shapes drawn where and as the captions say score 0 (the features do not see the background);
-  # an independent draw (the table's chance level) more; the set shrunk into a corner (sizes and
+  # an independent draw (the table's reference: sampling noise) more; the set shrunk into a corner (sizes and
   # positions wrong), with red and blue swapped and the rest of the palette lost, or blank, more
   # than twice that. (Mirrored is no test: the positions' distribution is symmetric.)
   from mmar_jax.eval import frechet
@@ -150,8 +150,8 @@ def test_the_frechet_distance_in_judge_features_sees_what_is_wrong():
   redrawn = [synthetic.draw(24, tuple(synthetic.ShapeLabel(**l) for l in r["labels"]), 60, False,
                             np.random.default_rng(0)) for r in first]
   assert frechet.frechet_distance(stats(redrawn), drawn) == pytest.approx(0.0, abs=1e-6)
-  chance = frechet.frechet_distance(stats([r["image"] for r in second]), drawn)
-  assert chance > 0.05
+  noise = frechet.frechet_distance(stats([r["image"] for r in second]), drawn)
+  assert noise > 0.05
 
   def shrunk(image):
     out = np.full_like(image, image[0, 0])
@@ -161,4 +161,4 @@ def test_the_frechet_distance_in_judge_features_sees_what_is_wrong():
   wrong = {"shrunk": [shrunk(r["image"]) for r in first], "red and blue swapped": [r["image"][..., ::-1] for r in first],
            "blank": [np.full_like(r["image"], 40) for r in first]}
   for name, images in wrong.items():
-    assert frechet.frechet_distance(stats(images), drawn) > 2 * chance, name
+    assert frechet.frechet_distance(stats(images), drawn) > 2 * noise, name

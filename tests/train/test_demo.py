@@ -115,3 +115,6 @@ def test_the_demo_generates_and_answers_far_above_chance():
     assert s["generation/all"] >= s["generation/all_chance"] + MARGINS[name]["all"], (name, s)
     # Answers: clearly above always giving each question kind's most common answer.
     assert s["understanding/accuracy"] >= s["understanding/majority_baseline"] + MARGINS[name]["answers"], (name, s)
+    # As a set, as close to the drawn images as a second drawn set, within twice its distance (the
+    # demo: 0.227 against 0.338 unseen; eps-prediction's noise images: 9.5).
+    assert s["generation/frechet"] <= 2 * s["generation/frechet_reference"], (name, s)

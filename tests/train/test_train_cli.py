@@ -64,10 +64,10 @@ def check_evaluate_output(workdir: str, step: int, samples: int, stdout: str) ->
   assert loaded_step == step
   exp = experiment.build(config)
   sets = evaluation.evaluation_sets(config, samples)
-  chances = evaluation.evaluation_sets(config, samples, draw=1)
+  references = evaluation.evaluation_sets(config, samples, draw=1)
   assert set(written) == set(sets) == {"unseen", "seen"}
   for name, records in sets.items():
-    result = evaluation.evaluate(exp, params, records, seed=0, chance_records=chances[name])
+    result = evaluation.evaluate(exp, params, records, seed=0, reference_records=references[name])
     assert written[name] == json.loads(json.dumps({k: v for k, v in result.items() if k != "images"})), name
     s = written[name]["summary"]
     table = stdout[stdout.index(evaluation.TITLES[name]):]  # This set's table and what follows it.
@@ -78,7 +78,7 @@ def check_evaluate_output(workdir: str, step: int, samples: int, stdout: str) ->
                                                        round(100 * s[f"generation/{key}_chance"], 1)], (name, key)
     printed = re.search(r"^  frechet distance \(judge features\) +([\d.]+) +([\d.]+)$", table, re.M)
     assert [float(v) for v in printed.groups()] == [round(s["generation/frechet"], 3),
-                                                     round(s["generation/frechet_chance"], 3)], name
+                                                     round(s["generation/frechet_reference"], 3)], name
     printed = re.search(r"^questions answered exactly +([\d.]+)% +([\d.]+)%$", table, re.M)
     assert [float(v) for v in printed.groups()] == [round(100 * s["understanding/accuracy"], 1),
                                                      round(100 * s["understanding/majority_baseline"], 1)], name
