@@ -117,6 +117,7 @@ def main(argv):
   if stopped is not None:
     # Exits outside the except clause: the exception's traceback holds rows still in grain's shared
     # memory, which kept alive to the interpreter's exit would be reported as leaked.
+    pipeline.release_shared_memory()
     print(f"mmar-jax train: stopped: {stopped[0]}", file=sys.stderr)
     sys.exit(stopped[1])
   messages = {"done": f"finished at step {result.step}",

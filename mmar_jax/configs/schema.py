@@ -297,7 +297,7 @@ def base_config() -> ml_collections.ConfigDict:
   # PIL colour name or '#rrggbb'. White, as a transparent image is usually shown.
   config.data.image_background = "white"
   # Images whose short side is below this are skipped as corrupt; smaller than the target but at
-  # least this are upscaled (prepare-data counts them).
+  # least this are upscaled (prepare-data and training count them).
   config.data.min_image_size = 16
   config.data.tokenizer = "demo"  # 'demo' (built from the synthetic grammar) or a dir/tokenizer.json.
   return config

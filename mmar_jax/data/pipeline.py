@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 from typing import Any
 
 import jax
@@ -256,6 +257,23 @@ def corrupt_counts(iterator: grain.DatasetIterator) -> dict[str, Any]:
       return it.counts
     stack.extend(getattr(it, "_parents", ()))
   raise ValueError("the iterator has no corrupt-record stage; was it made by build_dataset?")
+
+
+def release_shared_memory() -> None:
+  """Unlinks the shared memory of worker outputs this process has dropped, before it exits.
+
+  grain frees a consumed element's shared memory in a thread pool (`SharedMemoryArray.enable_async_del`);
+  a process that exits before the pool ran (sooner on a loaded machine) leaves the segments to
+  multiprocessing's resource tracker, which reports them as leaked. Collect what is unreferenced,
+  then let the pool finish (a private attribute of grain's: absent, there is nothing to wait for).
+  """
+  gc.collect()
+  from grain._src.python.ipc import shared_memory_array  # pylint: disable=g-import-not-at-top
+  pool = getattr(shared_memory_array.SharedMemoryArray, "_del_thread_pool", None)
+  if pool is not None:
+    pool.close()
+    pool.join()
+    shared_memory_array.SharedMemoryArray._disable_async_del()  # Later frees run inline.
 
 
 def batch_sharding(mesh: Mesh, rules) -> NamedSharding:

@@ -1,4 +1,5 @@
 """Text that does not fit its room, or holds words the tokenizer does not know: counted, never silent.
+(And images smaller than the target size, enlarged: the same note carries that, counted alike.)
 
 `build_sequence` (in the workers) puts a note on each sequence (`NOTE`: where the record is, which
 text it used, that text's tokens and room, the tokens cut, the unknown words); this iterator, in
@@ -24,7 +25,7 @@ from mmar_jax.data import text_tokenizer
 from mmar_jax.data.manifest import ManifestSource
 
 NOTE = "text_note"  # The key of a sequence's note; taken off before packing and batching.
-COUNTS = ("records", "cut", "cut_tokens", "unknown")
+COUNTS = ("records", "cut", "cut_tokens", "unknown", "upscaled")
 
 
 def note(record: dict, text: str, tokens: int, room: int, unknown: list[str]) -> dict[str, Any]:
@@ -32,7 +33,7 @@ def note(record: dict, text: str, tokens: int, room: int, unknown: list[str]) ->
   where = f"{record.get('source', '?')}:{record['line']}" if "line" in record else (
       f"{record.get('source', '?')}[{record.get('index', -1)}]")
   return {"where": where, "text": text, "tokens": tokens, "room": room, "cut": max(0, tokens - room),
-          "unknown": list(unknown)}
+          "unknown": list(unknown), "upscaled": bool(record.get("upscaled", False))}
 
 
 class TextAccountingIterator(grain.DatasetIterator):
@@ -56,6 +57,7 @@ class TextAccountingIterator(grain.DatasetIterator):
         logging.warning("%s of %s %s %d tokens, room for %d: cut to the first %d (as LLaVA and MAR do); further "
                         "cuts are counted, see the end-of-run summary", n["text"], n["where"], have, n["tokens"],
                         n["room"], n["room"])
+    c["upscaled"] += n.get("upscaled", False)
     if n["unknown"]:
       c["unknown"] += 1
       if c["unknown"] == 1 and self._announce:
@@ -66,7 +68,7 @@ class TextAccountingIterator(grain.DatasetIterator):
 
   @property
   def counts(self) -> dict[str, int]:
-    """{'records', 'cut', 'cut_tokens', 'unknown'} of this host since the run began (across resumes)."""
+    """{'records', 'cut', 'cut_tokens', 'unknown', 'upscaled'} of this host since the run began (across resumes)."""
     return dict(self._counts)
 
   def get_state(self) -> dict[str, Any]:
@@ -116,7 +118,8 @@ def scalars(counts: dict[str, int]) -> dict[str, float]:
   """The shares of records read so far that were cut / held unknown words (TensorBoard's data/...)."""
   records = max(counts["records"], 1)
   return {"data/truncated_fraction": counts["cut"] / records,
-          "data/unknown_words_fraction": counts["unknown"] / records}
+          "data/unknown_words_fraction": counts["unknown"] / records,
+          "data/upscaled_fraction": counts["upscaled"] / records}
 
 
 def summary_lines(counts: dict[str, int], room: int) -> list[str]:
@@ -135,6 +138,9 @@ def summary_lines(counts: dict[str, int], room: int) -> list[str]:
     lines.append(f"text: {share('unknown')} held words the tokenizer does not know, trained as [UNK]")
   if not lines:
     lines.append(f"text: all {records} records read fit their room, with no unknown words")
+  if counts["upscaled"]:
+    lines.append(f"images: {share('upscaled')} were smaller than the target size and upscaled "
+                 "(config.data.min_image_size skips the smallest)")
   return lines
 
 

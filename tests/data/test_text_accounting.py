@@ -9,6 +9,7 @@ import logging
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import grain
 from mmar_jax.data import sequences, text_accounting, text_tokenizer
@@ -43,7 +44,8 @@ def test_a_caption_too_long_is_cut_to_its_first_tokens_and_noted():
   seq = build(record(LONG))
   note = seq[text_accounting.NOTE]
   ids = TOK.encode(LONG, add_special_tokens=False).ids
-  assert note == {"where": "m.jsonl:7", "text": "caption", "tokens": 60, "room": 21, "cut": 60 - 21, "unknown": []}
+  assert note == {"where": "m.jsonl:7", "text": "caption", "tokens": 60, "room": 21, "cut": 60 - 21, "unknown": [],
+                  "upscaled": False}
   assert seq["input_ids"][1:22].tolist() == ids[:21] and len(seq["input_ids"]) == 40
   fits = build(record("a red circle"))[text_accounting.NOTE]
   assert fits["cut"] == 0 and fits["tokens"] == 3
@@ -89,7 +91,8 @@ def test_the_stage_counts_logs_once_and_keeps_its_counts_across_a_resume(caplog)
     resumed.set_state(state)
     rest = [next(resumed) for _ in range(4)]
   assert [e["x"] for e in first + rest] == list(range(8)) and all(text_accounting.NOTE not in e for e in rest)
-  assert text_accounting.counts_of(resumed) == {"records": 8, "cut": 3, "cut_tokens": 27, "unknown": 2}
+  assert text_accounting.counts_of(resumed) == {"records": 8, "cut": 3, "cut_tokens": 27, "unknown": 2,
+                                                "upscaled": 0}
   messages = [r.getMessage() for r in caplog.records]
   assert [m for m in messages if "cut" in m] == [
       "caption of m.jsonl:3 has 30 tokens, room for 21: cut to the first 21 (as LLaVA and MAR do); further cuts "
@@ -99,7 +102,8 @@ def test_the_stage_counts_logs_once_and_keeps_its_counts_across_a_resume(caplog)
   assert lines[0].startswith("text: 3 of 8 records read (37.5%) had a caption or answer longer than its room of 21")
   assert lines[1] == "text: 2 of 8 records read (25.0%) held words the tokenizer does not know, trained as [UNK]"
   assert text_accounting.scalars(text_accounting.counts_of(resumed)) == {"data/truncated_fraction": 3 / 8,
-                                                                         "data/unknown_words_fraction": 2 / 8}
+                                                                         "data/unknown_words_fraction": 2 / 8,
+                                                                         "data/upscaled_fraction": 0.0}
 
 
 def test_a_checkpoint_from_before_the_stage_restores_with_counts_from_zero():
@@ -113,10 +117,12 @@ def test_a_checkpoint_from_before_the_stage_restores_with_counts_from_zero():
 
 def test_a_run_reports_a_cut_caption_once_and_its_share_at_the_end(tmp_path, caplog, capsys):
   write_images(tmp_path, 8)
+  # The last 4 records' image is 20x20, below the tiny config's 24: upscaled, and counted so.
+  Image.fromarray(np.full((20, 20, 3), 90, np.uint8)).save(tmp_path / "images" / "small.png")
   captions = [LONG] * 8 + ["a red zebra"] * 4 + ["a red circle"] * 4
   manifest = tmp_path / "m.jsonl"
-  manifest.write_text("".join(json.dumps({"image": f"images/{i % 8}.png", "caption": c}) + "\n"
-                              for i, c in enumerate(captions)))
+  manifest.write_text("".join(json.dumps({"image": f"images/{i % 8}.png" if i < 12 else "images/small.png",
+                                          "caption": c}) + "\n" for i, c in enumerate(captions)))
   config = tiny.config("data.source=manifest", f"data.manifest={manifest}", "data.caption_dropout=0.0",
                        "train.num_steps=2", "train.log_every=1")
   workdir = str(tmp_path / "run")
@@ -129,8 +135,10 @@ def test_a_run_reports_a_cut_caption_once_and_its_share_at_the_end(tmp_path, cap
   out = capsys.readouterr().out
   assert "text: 8 of 16 records read (50.0%) had a caption or answer longer than its room of 28 tokens" in out
   assert "text: 4 of 16 records read (25.0%) held words the tokenizer does not know" in out
+  assert "images: 4 of 16 records read (25.0%) were smaller than the target size and upscaled" in out
   _, scalars = tensorboard_scalars(workdir)
   assert scalars["data/truncated_fraction"][2] == 0.5 and scalars["data/unknown_words_fraction"][2] == 0.25
+  assert scalars["data/upscaled_fraction"][2] == 0.25
 
 
 def test_prepare_data_counts_the_manifest_texts_that_will_not_fit(tmp_path):
