@@ -18,20 +18,14 @@ batch i from fold_in(key(seed), i).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
-import jax
-import numpy as np
-import tqdm
 from absl import flags
-from PIL import Image
 
 from mmar_jax import checkpoint
 from mmar_jax.cli import checkpoint_arg
-from mmar_jax.data import images, text_tokenizer
-from mmar_jax.infer import describe
+from mmar_jax.infer import answering
 
 _CKPT = flags.DEFINE_string("ckpt", None, "Training --workdir, its checkpoints/ directory, or checkpoints/<step>.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the one --ckpt names, else the newest "
@@ -51,20 +45,13 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (when --temperature > 0).
 _BATCH_SIZE = flags.DEFINE_integer("batch-size", 16, "Images a describe call in --jsonl mode.")
 
 
-@dataclasses.dataclass(frozen=True)
-class Request:
-  where: str  # What names it in an error: "--image" or "FILE line N".
-  image: str  # The image's path.
-  question: str
-  record: dict  # The JSONL line as read (empty for --image).
-
 _WEIGHTS = flags.DEFINE_enum("weights", None, list(checkpoint.WEIGHTS), checkpoint.WEIGHTS_HELP)
 
 def main(argv):
   del argv
   check_flags()
   if _IMAGE.value:
-    requests = [Request("--image", _IMAGE.value, _QUESTION.value or "", {})]
+    requests = [answering.Request("--image", _IMAGE.value, _QUESTION.value or "", {})]
   else:
     requests = read_jsonl(_JSONL.value, _QUESTION.value or "")
   for r in requests:
@@ -72,8 +59,8 @@ def main(argv):
       raise FileNotFoundError(f"{r.where}: image {r.image} does not exist")
   trained = checkpoint_arg.load(_CKPT.value, _STEP.value, tokenizer=_TOKENIZER.value, vae=_VAE.value,
                               weights=_WEIGHTS.value)
-  question_ids = [question_tokens(trained.exp, r, _MAX_NEW_TOKENS.value) for r in requests]
-  answers = answer(trained, requests, question_ids, batch_size=_BATCH_SIZE.value, seed=_SEED.value,
+  question_ids = [answering.question_tokens(trained.exp, r, _MAX_NEW_TOKENS.value) for r in requests]
+  answers = answering.answer(trained, requests, question_ids, batch_size=_BATCH_SIZE.value, seed=_SEED.value,
                    progress=not _IMAGE.value, max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value,
                    top_p=_TOP_P.value)
   if _IMAGE.value:
@@ -106,7 +93,7 @@ def check_flags() -> None:
     raise ValueError(f"--top-p={_TOP_P.value} must be in (0, 1]")
 
 
-def read_jsonl(path: str, default_question: str) -> list[Request]:
+def read_jsonl(path: str, default_question: str) -> list[answering.Request]:
   """The requests of a JSONL file, each line checked; image paths resolved against the file's directory."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"--jsonl={path} does not exist")
@@ -127,55 +114,7 @@ def read_jsonl(path: str, default_question: str) -> list[Request]:
       question = record.get("question", default_question)
       if not isinstance(question, str):
         raise ValueError(f'{where}: "question" must be a string, not {question!r}')
-      requests.append(Request(where, os.path.join(root, record["image"]), question, record))
+      requests.append(answering.Request(where, os.path.join(root, record["image"]), question, record))
   if not requests:
     raise ValueError(f"--jsonl={path} holds no lines")
   return requests
-
-
-def question_tokens(exp, request: Request, max_new_tokens: int) -> list[int]:
-  """The question's ids, checked against the vocabulary and against the context with image and answer."""
-  ids = text_tokenizer.encode_words(exp.text_tokenizer, request.question, f"{request.where} question")
-  n, context = exp.num_image_tokens, exp.config.model.max_seq_len
-  length = 2 + n + len(ids) + max_new_tokens  # <boi> [image] <eoi> question answer
-  if length > context:
-    raise ValueError(f"{request.where}: {len(ids)} question tokens + {n} image tokens + 2 special + "
-                     f"--max-new-tokens={max_new_tokens} = {length} exceed the model's context "
-                     f"config.model.max_seq_len={context}")
-  return ids
-
-
-def load_pixels(request: Request, image: images.ImageConfig) -> np.ndarray:
-  """The request's image as float32 [s, s, 3] in [-1, 1], made as the training pipeline makes it."""
-  try:
-    pixels = images.load_image(request.image, image).pixels
-  except images.TooSmall as e:
-    raise ValueError(f"{request.where}: {request.image} is too small: {e}") from None
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL's ways to fail
-    raise ValueError(f"{request.where}: {request.image} is not a readable image ({type(e).__name__}: {e})"
-                     ) from None
-  return pixels.astype(np.float32) / 127.5 - 1.0
-
-
-def answer(trained: checkpoint_arg.Trained, requests: list[Request], question_ids: list[list[int]], *,
-           batch_size: int, seed: int, progress: bool, **sampling) -> list[str]:
-  """Each request's answer text, batch_size images at a time (read batch by batch); `sampling` is
-  `describe`'s max_new_tokens, temperature and top_p."""
-  exp = trained.exp
-  encode = jax.jit(exp.image_tokenizer.encode)
-  image = images.ImageConfig.from_config(exp.config)
-  size = min(batch_size, len(requests))
-  answers = []
-  starts = range(0, len(requests), size)
-  for i, start in enumerate(tqdm.tqdm(starts, desc="describe", unit="batch", dynamic_ncols=True,
-                                      disable=not progress)):
-    batch = requests[start:start + size]
-    pixels = np.stack([load_pixels(r, image) for r in batch])
-    questions = question_ids[start:start + size]
-    pad = size - len(batch)  # Every batch one shape: one compile.
-    pixels = np.concatenate([pixels, np.repeat(pixels[:1], pad, axis=0)])
-    ids = describe.describe(exp.model, trained.params, encode(trained.tokenizer_params, pixels),
-                            questions + questions[:1] * pad, exp.special_ids,
-                            rng=jax.random.fold_in(jax.random.key(seed), i), **sampling)
-    answers += [exp.text_tokenizer.decode(a, skip_special_tokens=True).strip() for a in ids[:len(batch)]]
-  return answers
