@@ -7,6 +7,7 @@ generation and decoding compile once for the whole module.
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import jax
@@ -24,7 +25,7 @@ from tests.infer import test_describe
 from tests.train import tiny
 
 # Flag-sharing subcommands: a real run imports one of them, these tests both.
-INFERENCE_COMMANDS = ("mmar_jax.cli.generate", "mmar_jax.cli.describe")
+INFERENCE_COMMANDS = ("mmar_jax.cli.generate", "mmar_jax.cli.describe", "mmar_jax.cli.eval_vqa")
 # Few steps a sample, so that the tests time the command, not the sampler.
 FAST = ("--steps=3", "--sampling-steps=5", "--num-images=3", "--batch-size=4")
 
@@ -223,3 +224,39 @@ def test_mistakes_exit_2_with_a_message_naming_them(capsys, tmp_path, workdir, i
     assert f"mmar-jax {args[0]}: error:" in err and message in err, (args, err)
     assert "Traceback" not in err
   assert not (tmp_path / "o.jsonl").exists() and not (tmp_path / "g.png").exists()
+
+
+def test_eval_vqa_scores_describes_answers_by_the_written_rules(capsys, tmp_path, workdir, images):
+  # The predictions are describe's greedy answers; the references are chosen against them, so the
+  # scores are known: the first record's single reference is its prediction (1), the second's is
+  # not (0), the third has 10 annotators of whom 2 gave the prediction (0.6, VQAv2's leave-one-out).
+  questions = [("a.png", "what colour is the circle?"), ("b.png", "what shape is the circle?"), ("a.png", "how big is the circle?")]
+  asked = tmp_path / "asked.jsonl"
+  asked.write_text("".join(json.dumps({"image": str(images / i), "question": q}) + "\n" for i, q in questions))
+  code, _, err = mmar_jax(capsys, "describe", f"--ckpt={workdir}", f"--jsonl={asked}", f"--out={tmp_path / 'a.jsonl'}",
+                          "--max-new-tokens=16")
+  assert code == 0, err
+  said = [json.loads(line)["answer"] for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+  records = [{"image": str(images / questions[0][0]), "question": questions[0][1], "answer": said[0], "category": "c1"},
+             {"image": str(images / questions[1][0]), "question": questions[1][1], "answer": said[1] + " zebra",
+              "category": "c1"},
+             {"image": str(images / questions[2][0]), "question": questions[2][1],
+              "answer": [said[2]] * 2 + ["zebra"] * 8, "category": "c2"}]
+  data = tmp_path / "vqa.jsonl"
+  data.write_text("".join(json.dumps(r) + "\n" for r in records))
+  code, out, err = mmar_jax(capsys, "eval-vqa", f"--ckpt={workdir}", f"--data={data}", f"--out={tmp_path / 'p.jsonl'}",
+                            "--json")
+  assert code == 0, err
+  predicted = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+  assert [p["prediction"] for p in predicted] == said
+  assert [p["score"] for p in predicted] == pytest.approx([1.0, 0.0, 0.6])
+  figures = json.loads(out.strip().splitlines()[-1])
+  assert figures["accuracy"] == pytest.approx(1.6 / 3) and figures["records"] == 3
+  assert figures["categories"] == {"c1": {"accuracy": 0.5, "records": 2}, "c2": {"accuracy": pytest.approx(0.6),
+                                                                                 "records": 1}}
+  assert re.search(r"^c1 +50\.0% +2$", out, re.M) and re.search(r"^overall +53\.3% +3$", out, re.M), out
+
+  data.write_text('{"image": "a.png", "question": "q?"}\n')
+  code, _, err = mmar_jax(capsys, "eval-vqa", f"--ckpt={workdir}", f"--data={data}")
+  assert code == 2 and err.strip().splitlines()[-1] == (
+      f'mmar-jax eval-vqa: error: --data={data} line 1: "answer" must be a string or a non-empty list of strings')

@@ -26,6 +26,7 @@ SUBCOMMANDS = {
     "evaluate": ("mmar_jax.cli.evaluate", "held-out evaluation of a training run: images judged, questions scored"),
     "generate": ("mmar_jax.cli.generate", "images from captions with a checkpoint: a PNG grid and one PNG each"),
     "describe": ("mmar_jax.cli.describe", "answer questions about images with a checkpoint (one, or a JSONL batch)"),
+    "eval-vqa": ("mmar_jax.cli.eval_vqa", "score a checkpoint's answers on a VQA set (VQAv2 accuracy, MMBench choices)"),
     "info": ("mmar_jax.cli.info", "print a config's parameter counts and run one sharded forward pass"),
     "init-from-hf": ("mmar_jax.cli.init_from_hf", "start a training run (step 0) from Qwen2 weights, adapter and head fresh"),
     "import-hf": ("mmar_jax.cli.import_hf", "Hugging Face Qwen2 directory -> Orbax checkpoint"),
